@@ -1,0 +1,61 @@
+"""The interface every model backend implements: chat messages in, completions out."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+from coral.registry import Registry
+from coral.sampling import SamplingParams
+
+Message = dict[str, str]
+"""An OpenAI-style chat message: ``{"role": "system"|"user"|"assistant", "content": ...}``."""
+
+
+@dataclass(frozen=True)
+class Completion:
+    """One generated answer with what it cost."""
+
+    text: str
+    finish_reason: str  # "stop" | "length"
+    prompt_tokens: int
+    completion_tokens: int
+    latency_s: float
+    cached_prompt_tokens: int = 0
+    """Prompt tokens whose keys and values were reused from an earlier request instead of recomputed."""
+
+
+class BackendError(RuntimeError):
+    """A request failed. ``retryable`` says whether trying again may succeed."""
+
+    def __init__(self, message: str, retryable: bool = True) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+
+
+@runtime_checkable
+class ChatBackend(Protocol):
+    """Anything that answers chat requests.
+
+    ``n`` completions are sampled for one prompt (seeds ``seed``, ``seed + 1``, ...). ``session_id`` names the
+    conversation a request belongs to, so an engine can keep its state (prefix cache, replica) between turns.
+    """
+
+    async def chat(
+        self,
+        messages: list[Message],
+        sampling: SamplingParams,
+        *,
+        model: str | None = None,
+        n: int = 1,
+        session_id: str | None = None,
+    ) -> list[Completion]: ...
+
+    async def end_session(self, session_id: str) -> None:
+        """The conversation is over; state kept for it may be dropped."""
+        ...
+
+    async def aclose(self) -> None: ...
+
+
+BACKENDS: Registry[ChatBackend] = Registry("backend")

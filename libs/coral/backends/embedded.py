@@ -1,0 +1,436 @@
+"""The embedded backend: an in-process transformers model serving many concurrent conversations.
+
+One worker thread per model runs a continuous-batching loop. Every step packs the new tokens of all running
+sequences into one forward pass (see ``coral.backends.packed``): newcomers join at the next step with their
+whole prompt, finished sequences leave at once, so no request waits for another to finish. Each request samples
+with its own seeded generator and a sequence's numbers never depend on what else is in the batch, so the same
+(prompt, seed) gives the same completion however busy the engine is.
+
+Turns of one conversation share a growing prefix. When a request names a ``session_id``, the keys and values of
+that session's previous request stay in a bounded cache and the next request recomputes only the tokens after
+the common prefix. The cache is dropped when the session ends or, least recently used first, when it is full.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import logging
+import queue
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+import torch
+
+from coral.backends import models, packed
+from coral.backends.base import BACKENDS, BackendError, Completion, Message
+from coral.sampling import SamplingParams
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Limits of one embedded engine.
+
+    Args:
+        max_sequences: most sequences decoded together in one step.
+        max_step_tokens: prompt tokens admitted per step (a longer prompt still runs, alone).
+        prefix_cache_mb: memory for keys and values kept between turns of a session.
+        threads: torch threads for the worker (None: torch's default, one per core).
+    """
+
+    max_sequences: int = 32
+    max_step_tokens: int = 4096
+    prefix_cache_mb: int = 2048
+    threads: int | None = None
+
+
+@dataclass
+class _Request:
+    messages: list[Message]
+    sampling: SamplingParams
+    n: int
+    session_id: str | None
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future
+    submitted: float = field(default_factory=time.perf_counter)
+    prompt: list[int] = field(default_factory=list)
+    cached: int = 0
+    outputs: list[Completion | None] = field(default_factory=list)
+
+
+@dataclass
+class _Sequence:
+    request: _Request
+    sample: int
+    kv: packed.KVStore
+    feed: list[int]
+    generator: torch.Generator
+    generated: list[int] = field(default_factory=list)
+    fed: list[int] = field(default_factory=list)
+
+
+class _PrefixCache:
+    """Keys and values of finished requests, by session, evicted least recently used first."""
+
+    def __init__(self, budget_bytes: int) -> None:
+        self.budget = budget_bytes
+        self._entries: OrderedDict[tuple[str, int], tuple[list[int], packed.KVStore]] = OrderedDict()
+        self._counter = 0
+
+    def take(self, session_id: str, prompt: list[int]) -> tuple[int, packed.KVStore | None]:
+        """Remove and return the session's entry sharing the longest prefix with ``prompt``."""
+        best, best_len = None, 0
+        for key, (tokens, _) in self._entries.items():
+            if key[0] != session_id:
+                continue
+            common = _common_prefix(tokens, prompt)
+            if common > best_len:
+                best, best_len = key, common
+        if best is None:
+            return 0, None
+        _, kv = self._entries.pop(best)
+        usable = min(best_len, len(prompt) - 1)  # at least one token must run to produce logits
+        kv.truncate(usable)
+        return usable, kv
+
+    def put(self, session_id: str, tokens: list[int], kv: packed.KVStore) -> None:
+        self._counter += 1
+        self._entries[(session_id, self._counter)] = (tokens, kv)
+        while sum(entry[1].nbytes() for entry in self._entries.values()) > self.budget and self._entries:
+            self._entries.popitem(last=False)
+
+    def drop(self, session_id: str) -> None:
+        for key in [k for k in self._entries if k[0] == session_id]:
+            del self._entries[key]
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    for i in range(n):
+        if a[i] != b[i]:
+            return i
+    return n
+
+
+def _sample(logits: torch.Tensor, sampling: SamplingParams, generator: torch.Generator) -> int:
+    """Greedy, or temperature + nucleus sampling with the request's own generator."""
+    if sampling.temperature == 0.0:
+        return int(torch.argmax(logits))
+    probs = torch.softmax(logits.float() / sampling.temperature, dim=-1)
+    if sampling.top_p < 1.0:
+        # The nucleus nearly always lies in the top few hundred tokens; sort all 49k only when it does not.
+        top, order = torch.topk(probs, min(256, probs.numel()))
+        if float(top.sum()) < sampling.top_p:
+            top, order = torch.sort(probs, descending=True)
+        top = top.clone()
+        top[torch.cumsum(top, dim=-1) - top > sampling.top_p] = 0.0
+        return int(order[torch.multinomial(top, 1, generator=generator)])
+    return int(torch.multinomial(probs, 1, generator=generator))
+
+
+class EmbeddedEngine:
+    """A model in a worker thread with a continuous-batching loop. Thread-safe ``submit``."""
+
+    def __init__(self, model: str = models.DEFAULT_MODEL, config: EngineConfig = EngineConfig()) -> None:
+        self.model_name = model
+        self.config = config
+        self._inbox: queue.Queue = queue.Queue()
+        self._ready = threading.Event()
+        self._load_error: BaseException | None = None
+        self._waiting: list[_Request] = []
+        self._cache = _PrefixCache(config.prefix_cache_mb * 2**20)
+        self._thread = threading.Thread(target=self._run, name=f"coral-engine-{model}", daemon=True)
+        self._thread.start()
+        self.steps = 0
+        self.prompt_tokens = 0
+        self.computed_prompt_tokens = 0
+
+    # ----------------------------------------------------------------- client side (any thread / event loop)
+    def submit(self, messages: list[Message], sampling: SamplingParams, n: int, session_id: str | None) -> asyncio.Future:
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        self._inbox.put(_Request(messages, sampling, n, session_id, loop, future))
+        return future
+
+    def end_session(self, session_id: str) -> None:
+        self._inbox.put(("end_session", session_id))
+
+    def close(self) -> None:
+        self._inbox.put(("stop", None))
+        self._thread.join(timeout=30)
+
+    # ----------------------------------------------------------------- worker thread
+    def _run(self) -> None:
+        try:
+            self._load()
+        except BaseException as exc:  # noqa: BLE001 - reported to every request instead
+            self._load_error = exc
+            log.exception("embedded engine failed to load %s", self.model_name)
+        self._ready.set()
+        running: list[_Sequence] = []
+        while True:
+            try:
+                incoming = self._drain(block=not running)
+            except _Stop:
+                self._fail_all(running, BackendError("engine stopped", retryable=False))
+                return
+            newcomers = [self._start(request) for request in incoming]
+            newcomers = [seq for seq in newcomers if seq is not None]
+            running = [s for s in running if not s.request.future.cancelled()] + newcomers
+            if running:
+                running = self._step(running)
+
+    def _load(self) -> None:
+        if self.config.threads:
+            torch.set_num_threads(self.config.threads)
+        packed.register()
+        self.model, self.tokenizer = models.load(self.model_name)
+        self.model.set_attn_implementation(packed.ATTENTION_NAME)
+        cfg = self.model.config
+        self._kv_shape = (cfg.num_hidden_layers, cfg.num_key_value_heads, cfg.hidden_size // cfg.num_attention_heads)
+        self._context = int(getattr(cfg, "max_position_embeddings", 8192))
+        eos = self.model.generation_config.eos_token_id
+        self._eos = set(eos if isinstance(eos, list) else [eos]) | {self.tokenizer.eos_token_id}
+
+    def _drain(self, block: bool) -> list[_Request]:
+        """Take queued requests up to the step's token budget; handle control messages."""
+        while True:
+            try:
+                item = self._inbox.get(block=block and not self._waiting)
+            except queue.Empty:
+                break
+            if isinstance(item, tuple):
+                command, arg = item
+                if command == "stop":
+                    raise _Stop
+                self._cache.drop(arg)
+            else:
+                self._waiting.append(item)
+            block = False
+        admitted, budget = [], self.config.max_step_tokens
+        while self._waiting and len(admitted) < self.config.max_sequences:
+            request = self._waiting[0]
+            cost = len(self._tokenize(request) or ())
+            if admitted and cost > budget:
+                break
+            budget -= cost
+            admitted.append(self._waiting.pop(0))
+        return admitted
+
+    def _tokenize(self, request: _Request) -> list[int] | None:
+        """The request's prompt tokens (computed once); None if the chat template rejects its messages."""
+        if not request.prompt and self._load_error is None:
+            try:
+                encoded = self.tokenizer.apply_chat_template(request.messages, tokenize=True, add_generation_prompt=True)
+                request.prompt = list(encoded["input_ids"] if hasattr(encoded, "keys") else encoded)
+            except Exception as exc:  # noqa: BLE001 - a bad request must not stop the engine
+                self._reply(request, error=BackendError(f"cannot apply chat template: {exc}", retryable=False))
+                return None
+        return request.prompt
+
+    def _start(self, request: _Request) -> _Sequence | None:
+        """Tokenise a request and make its first sequence, reusing the session's cached prefix if any."""
+        if self._load_error is not None:
+            self._reply(request, error=BackendError(f"model failed to load: {self._load_error}", retryable=False))
+            return None
+        prompt = self._tokenize(request)
+        if request.future.cancelled() or prompt is None:
+            return None
+        if len(prompt) >= self._context:
+            self._reply(request, error=BackendError(f"prompt of {len(prompt)} tokens exceeds the context", retryable=False))
+            return None
+        request.outputs = [None] * request.n
+        reused, kv = (0, None)
+        if request.session_id is not None:
+            reused, kv = self._cache.take(request.session_id, prompt)
+        request.cached = reused
+        self.prompt_tokens += len(prompt)
+        self.computed_prompt_tokens += len(prompt) - reused
+        kv = kv or packed.KVStore(*self._kv_shape)
+        return _Sequence(request, 0, kv, prompt[reused:], self._generator(request.sampling, 0), fed=prompt[:reused])
+
+    @staticmethod
+    def _generator(sampling: SamplingParams, sample: int) -> torch.Generator:
+        generator = torch.Generator()
+        generator.manual_seed(((sampling.seed or 0) + sample) % 2**63)
+        return generator
+
+    def _step(self, running: list[_Sequence]) -> list[_Sequence]:
+        """One forward pass over every running sequence; returns those still running."""
+        try:
+            logits = self._forward(running)
+        except Exception as exc:  # noqa: BLE001 - fail this batch, keep serving
+            log.exception("engine step failed")
+            self._fail_all(running, BackendError(f"engine step failed: {exc}"))
+            return []
+        self.steps += 1
+        still = []
+        for seq, row in zip(running, logits):
+            seq.fed.extend(seq.feed)
+            if len(seq.generated) == 0 and seq.request.n > 1 and seq.sample == 0:
+                still.extend(self._fork(seq, row))
+            else:
+                still.extend(self._advance(seq, row))
+        return still
+
+    def _forward(self, running: list[_Sequence]) -> torch.Tensor:
+        ids: list[int] = []
+        positions: list[int] = []
+        segments, last = [], []
+        for seq in running:
+            segments.append(packed.Segment(len(ids), len(seq.feed), seq.kv))
+            positions.extend(range(seq.kv.length, seq.kv.length + len(seq.feed)))
+            ids.extend(seq.feed)
+            last.append(len(ids) - 1)
+        pad = packed.MIN_PACKED_ROWS - len(ids)
+        if pad > 0:  # row-invariant matrix products need a minimum row count; padding attends to itself only
+            segments.append(packed.Segment(len(ids), pad, packed.KVStore(self._kv_shape[0], self._kv_shape[1], self._kv_shape[2], pad)))
+            positions.extend(range(pad))
+            ids.extend([0] * pad)
+        keep = last + [last[-1]] * max(0, packed.MIN_PACKED_ROWS - len(last))
+        with torch.inference_mode():
+            out = self.model(
+                input_ids=torch.tensor([ids]),
+                position_ids=torch.tensor([positions]),
+                segments=segments,
+                logits_to_keep=torch.tensor(keep),
+                use_cache=False,
+            )
+        return out.logits[0, : len(running)]
+
+    def _fork(self, seq: _Sequence, row: torch.Tensor) -> list[_Sequence]:
+        """After the shared prompt ran once, split a request with n > 1 into n sequences."""
+        forks = [seq] + [
+            _Sequence(seq.request, i, seq.kv.clone(), [], self._generator(seq.request.sampling, i), fed=list(seq.fed))
+            for i in range(1, seq.request.n)
+        ]
+        still = []
+        for fork in forks:
+            still.extend(self._advance(fork, row))
+        return still
+
+    def _advance(self, seq: _Sequence, row: torch.Tensor) -> list[_Sequence]:
+        sampling = seq.request.sampling
+        token = _sample(row, sampling, seq.generator)
+        seq.generated.append(token)
+        seq.feed = [token]
+        finish = None
+        if token in self._eos:
+            finish = "stop"
+        elif len(seq.generated) >= sampling.max_tokens or len(seq.request.prompt) + len(seq.generated) >= self._context:
+            finish = "length"
+        text = None
+        if sampling.stop and finish is None:
+            text = self._text(seq)
+            cut = min((text.find(s) for s in sampling.stop if s in text), default=-1)
+            if cut >= 0:
+                text, finish = text[:cut], "stop"
+        if finish is None:
+            return [seq]
+        self._finish(seq, finish, text)
+        return []
+
+    def _text(self, seq: _Sequence) -> str:
+        tokens = [t for t in seq.generated if t not in self._eos]
+        return self.tokenizer.decode(tokens, skip_special_tokens=True)
+
+    def _finish(self, seq: _Sequence, reason: str, text: str | None) -> None:
+        request = seq.request
+        request.outputs[seq.sample] = Completion(
+            text=self._text(seq) if text is None else text,
+            finish_reason=reason,
+            prompt_tokens=len(request.prompt),
+            completion_tokens=len(seq.generated),
+            latency_s=time.perf_counter() - request.submitted,
+            cached_prompt_tokens=request.cached,
+        )
+        if request.session_id is not None and seq.sample == 0:
+            self._cache.put(request.session_id, seq.fed, seq.kv)
+        if all(output is not None for output in request.outputs):
+            self._reply(request, result=list(request.outputs))
+
+    def _reply(self, request: _Request, result=None, error: BaseException | None = None) -> None:
+        def deliver() -> None:
+            if request.future.done():
+                return
+            if error is not None:
+                request.future.set_exception(error)
+            else:
+                request.future.set_result(result)
+
+        try:
+            request.loop.call_soon_threadsafe(deliver)
+        except RuntimeError:  # the caller's event loop is closed; nobody is waiting
+            pass
+
+    def _fail_all(self, running: list[_Sequence], error: BaseException) -> None:
+        for request in {id(s.request): s.request for s in running}.values():
+            self._reply(request, error=error)
+
+
+class _Stop(Exception):
+    pass
+
+
+_ENGINES: dict[tuple[str, EngineConfig], EmbeddedEngine] = {}
+_ENGINES_LOCK = threading.Lock()
+
+
+@atexit.register
+def _close_engines() -> None:
+    for engine in list(_ENGINES.values()):
+        engine.close()
+
+
+def shared_engine(model: str, config: EngineConfig = EngineConfig()) -> EmbeddedEngine:
+    """One engine per (model, config) in a process, so agents and the judge on one model share its batches."""
+    with _ENGINES_LOCK:
+        key = (model, config)
+        if key not in _ENGINES:
+            _ENGINES[key] = EmbeddedEngine(model, config)
+        return _ENGINES[key]
+
+
+@BACKENDS.register("embedded")
+class EmbeddedBackend:
+    """ChatBackend over in-process engines; ``model`` picks the engine (default: the backend's model).
+
+    Args:
+        model: default model: a packaged model name or a local checkpoint directory.
+        engine: limits of the engines this backend starts.
+        request_timeout: seconds before a request is abandoned and reported as a retryable error.
+    """
+
+    def __init__(self, model: str = models.DEFAULT_MODEL, engine: EngineConfig = EngineConfig(), request_timeout: float = 1800.0) -> None:
+        self.model = model
+        self.engine_config = engine
+        self.request_timeout = request_timeout
+
+    def engine(self, model: str | None = None) -> EmbeddedEngine:
+        return shared_engine(model or self.model, self.engine_config)
+
+    async def chat(
+        self,
+        messages: list[Message],
+        sampling: SamplingParams,
+        *,
+        model: str | None = None,
+        n: int = 1,
+        session_id: str | None = None,
+    ) -> list[Completion]:
+        future = self.engine(model).submit(messages, sampling, n, session_id)
+        try:
+            return await asyncio.wait_for(future, self.request_timeout)
+        except asyncio.TimeoutError:
+            raise BackendError(f"embedded request timed out after {self.request_timeout}s") from None
+
+    async def end_session(self, session_id: str) -> None:
+        for engine in list(_ENGINES.values()):
+            engine.end_session(session_id)
+
+    async def aclose(self) -> None:
+        """Engines are shared by the process and outlive one backend object."""

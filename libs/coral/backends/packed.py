@@ -1,0 +1,123 @@
+"""Packed attention: many sequences in one forward pass, each attending only to its own keys and values.
+
+The embedded engine concatenates the new tokens of every running sequence (whole prompts of newcomers, one token
+of each decoding sequence) into a single row and runs the Hugging Face model on it once per step. Linear layers
+see one big matrix; attention is done here, per sequence, against that sequence's own growing KV store. This
+gives continuous batching (a request joins at the next step), prefix reuse across turns (a sequence can start
+from stored keys and values) and batch invariance: a sequence's attention never depends on its neighbours, and
+the linear layers are row-invariant once the packed row has at least ``MIN_PACKED_ROWS`` tokens (checked by a
+test), so the same request gives the same tokens whatever else is in flight.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+ATTENTION_NAME = "coral_packed"
+MIN_PACKED_ROWS = 16
+"""Matrix products on this many rows or more give row results that do not depend on the row count."""
+
+
+class KVStore:
+    """Keys and values of one sequence for every layer, in buffers that grow by doubling."""
+
+    def __init__(self, layers: int, kv_heads: int, head_dim: int, capacity: int = 256) -> None:
+        self.length = 0
+        self._keys = [torch.empty(kv_heads, capacity, head_dim) for _ in range(layers)]
+        self._values = [torch.empty(kv_heads, capacity, head_dim) for _ in range(layers)]
+
+    @property
+    def capacity(self) -> int:
+        return self._keys[0].shape[1]
+
+    def _grow(self, needed: int) -> None:
+        capacity = self.capacity
+        while capacity < needed:
+            capacity *= 2
+        for buffers in (self._keys, self._values):
+            for i, old in enumerate(buffers):
+                new = torch.empty(old.shape[0], capacity, old.shape[2])
+                new[:, : self.length] = old[:, : self.length]
+                buffers[i] = new
+
+    def append(self, layer: int, keys: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Add ``keys``/``values`` (kv_heads, n, head_dim) for ``layer``; return that layer's full history.
+
+        The sequence length advances once the last layer has been written, so every layer sees the same past.
+        """
+        start, count = self.length, keys.shape[1]
+        if start + count > self.capacity:
+            self._grow(start + count)
+        self._keys[layer][:, start : start + count] = keys
+        self._values[layer][:, start : start + count] = values
+        end = start + count
+        if layer == len(self._keys) - 1:
+            self.length = end
+        return self._keys[layer][:, :end], self._values[layer][:, :end]
+
+    def truncate(self, length: int) -> None:
+        self.length = min(self.length, length)
+
+    def clone(self) -> KVStore:
+        copy = KVStore.__new__(KVStore)
+        copy.length = self.length
+        copy._keys = [k.clone() for k in self._keys]
+        copy._values = [v.clone() for v in self._values]
+        return copy
+
+    def nbytes(self) -> int:
+        return sum(k.numel() * k.element_size() * 2 for k in self._keys)
+
+
+@dataclass
+class Segment:
+    """The slice ``[start, start + count)`` of the packed row that belongs to one sequence."""
+
+    start: int
+    count: int
+    kv: KVStore
+
+
+def packed_attention(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    **kwargs,
+) -> tuple[torch.Tensor, None]:
+    """Attention for a packed row; ``kwargs['segments']`` says which tokens belong to which sequence."""
+    segments: list[Segment] = kwargs["segments"]
+    layer = module.layer_idx
+    outputs = []
+    for seg in segments:
+        q = query[0, :, seg.start : seg.start + seg.count]
+        past = seg.kv.length
+        k, v = seg.kv.append(layer, key[0, :, seg.start : seg.start + seg.count], value[0, :, seg.start : seg.start + seg.count])
+        mask = None
+        if seg.count > 1:
+            # Query i sits at absolute position past + i and may see keys 0..past + i.
+            rows = torch.arange(seg.count).unsqueeze(1) + past
+            mask = torch.arange(past + seg.count).unsqueeze(0) <= rows
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scaling, enable_gqa=True)
+        outputs.append(out)
+    return torch.cat(outputs, dim=1).transpose(0, 1).unsqueeze(0), None
+
+
+def _no_mask(*args, **kwargs) -> None:
+    """Masks are built per sequence inside ``packed_attention``."""
+    return None
+
+
+def register() -> None:
+    """Make ``attn_implementation="coral_packed"`` available to transformers (idempotent)."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface
+
+    AttentionInterface.register(ATTENTION_NAME, packed_attention)
+    AttentionMaskInterface.register(ATTENTION_NAME, _no_mask)

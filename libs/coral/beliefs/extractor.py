@@ -1,0 +1,102 @@
+"""Belief extraction: which answer does one turn commit to? Rules first, an LLM judge where rules find nothing.
+
+The task's own parser (a boxed answer, "The correct answer is (B)") is free and exact, so by default the judge
+is asked only about turns the rules cannot read. A judge failure is recorded as an error with no belief: the
+reference turned a network failure into the string "Error: extraction network error" and then graded that
+string, which the multiple-choice matcher read as answer "E" (reference 8.1.2, 8.1.8).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+from coral.backends.base import BackendError, ChatBackend
+from coral.sampling import SamplingParams
+from coral.tasks.base import Example, Task
+
+EXTRACTION_MODES: tuple[str, ...] = ("rules", "judge", "rules_then_judge")
+"""``rules``: the task's parser only; ``judge``: the LLM judge only; ``rules_then_judge``: judge as fallback."""
+
+
+@dataclass(frozen=True)
+class Extraction:
+    """The belief of one turn and how it was found.
+
+    ``method`` is "rule" when the task's parser found the belief, "judge" when the judge was asked (whatever it
+    answered), and "none" when rules alone found nothing. ``error`` is set only when the judge call failed; the
+    token counts are the judge's (0 for rules).
+    """
+
+    belief: str | None
+    method: str  # "rule" | "judge" | "none"
+    error: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+class BeliefExtractor:
+    """Extracts beliefs for any task.
+
+    Args:
+        mode: one of ``EXTRACTION_MODES``.
+        backend: the judge's backend; may be left None and set later (the conversation layer defaults it to the
+            agents' backend), but must be set before a judge mode extracts.
+        model: the judge model name passed to the backend.
+        sampling: the judge's sampling; greedy and short, since the reply is one answer or "not sure yet".
+        retries: extra attempts after a failed judge call, with exponential backoff from ``backoff_s``.
+        backoff_s: the first wait between attempts.
+    """
+
+    def __init__(
+        self,
+        mode: str = "rules_then_judge",
+        backend: ChatBackend | None = None,
+        model: str | None = None,
+        sampling: SamplingParams = SamplingParams(temperature=0.0, top_p=1.0, max_tokens=32),
+        retries: int = 2,
+        backoff_s: float = 0.25,
+    ) -> None:
+        if mode not in EXTRACTION_MODES:
+            raise ValueError(f"unknown extraction mode {mode!r}; valid modes: {', '.join(EXTRACTION_MODES)}")
+        if retries < 0:
+            raise ValueError(f"BeliefExtractor.retries must be >= 0, got {retries}")
+        self.mode = mode
+        self.backend = backend
+        self.model = model
+        self.sampling = sampling
+        self.retries = retries
+        self.backoff_s = backoff_s
+
+    async def extract(self, task: Task, example: Example, text: str, seed: int | None = None) -> Extraction:
+        """The belief ``text`` commits to; ``seed`` makes the judge request reproducible."""
+        if self.mode != "judge":
+            belief = task.parse_belief(text, example)
+            if belief is not None:
+                return Extraction(belief, "rule")
+            if self.mode == "rules":
+                return Extraction(None, "none")
+        return await self._ask_judge(task, example, text, seed)
+
+    async def _ask_judge(self, task: Task, example: Example, text: str, seed: int | None) -> Extraction:
+        if self.backend is None:
+            raise ValueError(f"BeliefExtractor in mode {self.mode!r} needs a judge backend; set .backend first")
+        messages = task.extraction_prompt(example, text)
+        sampling = self.sampling.with_seed(seed) if seed is not None else self.sampling
+        error = "no attempt made"
+        for attempt in range(self.retries + 1):
+            if attempt:
+                await asyncio.sleep(self.backoff_s * 2 ** (attempt - 1))
+            try:
+                completions = await self.backend.chat(messages, sampling, model=self.model)
+                if not completions:
+                    raise BackendError("the judge backend returned no completion")
+            except Exception as exc:  # any backend failure is recorded, never raised and never a belief
+                error = f"judge failed after {attempt + 1} attempt(s): {type(exc).__name__}: {exc}"
+                if isinstance(exc, BackendError) and not exc.retryable:
+                    break
+                continue
+            reply = completions[0]
+            belief = task.parse_judge_output(reply.text, example)
+            return Extraction(belief, "judge", None, reply.prompt_tokens, reply.completion_tokens)
+        return Extraction(None, "judge", error)

@@ -1,0 +1,36 @@
+"""Tasks: one module per dataset, each registered by name when ``coral.tasks`` is imported.
+
+Importing is cheap: no worker pools start and math-verify (sympy) is imported only inside grading workers.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from coral.tasks import math, mmlu_pro  # noqa: F401  (registration)
+from coral.tasks.base import NOT_SURE, TASKS, Example, Task, read_jsonl, require, stable_id
+from coral.tasks.instructions import STYLES
+from coral.tasks.math import MathTask
+from coral.tasks.mmlu_pro import MMLUProTask
+from coral.tasks.multiple_choice import MultipleChoiceTask
+
+
+def get_task(name: str, **kwargs: Any) -> Task:
+    """Build the task registered as ``name``; an unknown name fails suggesting the closest ones."""
+    return TASKS.get(name)(**kwargs)
+
+
+__all__ = [
+    "NOT_SURE",
+    "STYLES",
+    "TASKS",
+    "Example",
+    "MMLUProTask",
+    "MathTask",
+    "MultipleChoiceTask",
+    "Task",
+    "get_task",
+    "read_jsonl",
+    "require",
+    "stable_id",
+]

@@ -1,0 +1,129 @@
+"""What every task provides: a loader for the original file format, prompts, a belief parser and a grader.
+
+A task module reads top to bottom: loader, opening message, instruction arguments, extraction prompt, belief
+parser, grader, agreement. Grading and agreement share one equivalence, so the stop rule and the accuracy
+metrics can never disagree about whether two answers are the same.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+from coral.errors import DataError
+from coral.registry import Registry
+from coral.tasks import instructions
+
+TASKS: Registry[Task] = Registry("task")
+
+NOT_SURE = "not sure yet"
+"""What the judge answers when a turn commits to no answer (the reference's wording)."""
+
+
+@dataclass(frozen=True)
+class Example:
+    """One problem. ``id`` is stable across runs: derived from the source row, never from load order alone."""
+
+    id: str
+    task: str
+    question: str
+    answer: str
+    choices: tuple[str, ...] = ()
+    source: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+
+def stable_id(*parts: object) -> str:
+    """A short content hash, for sources whose rows carry no id of their own."""
+    digest = hashlib.sha256(json.dumps(parts, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+    return digest[:16]
+
+
+def read_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yield (line number, object) for each non-blank line; a line that is not a JSON object fails fast."""
+    with open(path, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DataError(path, number, None, f"not valid JSON ({exc.msg})") from None
+            if not isinstance(row, dict):
+                raise DataError(path, number, None, "expected a JSON object")
+            yield number, row
+
+
+def require(row: Mapping[str, Any], name: str, kind: type | tuple[type, ...], path: object, line: int | None) -> Any:
+    """Return ``row[name]`` if present and of the expected type, else fail naming file, line and field."""
+    if name not in row:
+        raise DataError(path, line, name, "missing")
+    value = row[name]
+    if not isinstance(value, kind):
+        expected = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
+        raise DataError(path, line, name, f"expected {expected}, got {type(value).__name__}")
+    return value
+
+
+class Task(ABC):
+    """A collaborative-reasoning task.
+
+    Args:
+        compat: reproduce the reference implementation's observable matching (string-equality agreement and
+            the task's documented quirks) instead of the corrected behaviour.
+    """
+
+    name: ClassVar[str]
+    """Registry name, used in configs and records."""
+    topic: ClassVar[str]
+    """The instruction's ``task_name``: what kind of problems the agents work on."""
+    answer_format: ClassVar[str]
+    """The instruction's ``task_specific_inst``: how the final answer must be written."""
+
+    def __init__(self, compat: bool = False) -> None:
+        self.compat = compat
+
+    @abstractmethod
+    def load(self, path: str | Path) -> Iterator[Example]:
+        """Read the dataset's original distribution format."""
+
+    @abstractmethod
+    def opening_message(self, example: Example) -> str:
+        """Turn 0: the asker presents the problem to its partner."""
+
+    def instruction(self, style: str) -> str:
+        """The agents' system prompt in the given instruction style."""
+        return instructions.render(style, topic=self.topic, answer_format=self.answer_format)
+
+    @abstractmethod
+    def extraction_prompt(self, example: Example, text: str) -> list[dict[str, str]]:
+        """Chat messages asking a judge model which answer ``text`` commits to."""
+
+    @abstractmethod
+    def parse_belief(self, text: str, example: Example) -> str | None:
+        """The answer an agent's turn commits to by the task's own answer format, or None (rules only)."""
+
+    @abstractmethod
+    def parse_judge_output(self, text: str, example: Example) -> str | None:
+        """The answer named by the judge's reply, or None for "not sure yet" or an unusable reply."""
+
+    @abstractmethod
+    async def grade(self, belief: str, example: Example) -> bool:
+        """Whether a belief matches the gold answer."""
+
+    async def agree(self, belief_a: str, belief_b: str, example: Example) -> bool:
+        """Whether two beliefs are the same answer. Compat mode: the reference's plain string equality."""
+        if self.compat:
+            return belief_a == belief_b
+        return await self.equivalent(belief_a, belief_b, example)
+
+    @abstractmethod
+    async def equivalent(self, belief_a: str, belief_b: str, example: Example) -> bool:
+        """The equivalence grading uses, applied between two beliefs."""
+
+    def close(self) -> None:
+        """Release worker pools; the task stays usable (pools restart on demand)."""

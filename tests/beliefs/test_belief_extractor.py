@@ -1,0 +1,123 @@
+from __future__ import annotations
+
+import pytest
+
+from coral.backends.base import BackendError, Completion, Message
+from coral.beliefs import EXTRACTION_MODES, BeliefExtractor, Extraction
+from coral.sampling import SamplingParams
+from coral.tasks import Example, MathTask, MMLUProTask
+
+MATH = MathTask()
+MATH_EXAMPLE = Example(id="m", task="math", question="What is $1+1$?", answer="2")
+MMLU = MMLUProTask()
+MMLU_EXAMPLE = Example(id="q", task="mmlu_pro", question="Pick one.", answer="E", choices=tuple("abcdefghij"))
+
+
+class ScriptedJudge:
+    """Answers each request with the next scripted item: a reply text, or an exception to raise."""
+
+    def __init__(self, *script: str | Exception) -> None:
+        self.script = list(script)
+        self.requests: list[tuple[list[Message], SamplingParams, str | None]] = []
+
+    async def chat(
+        self,
+        messages: list[Message],
+        sampling: SamplingParams,
+        *,
+        model: str | None = None,
+        n: int = 1,
+        session_id: str | None = None,
+    ) -> list[Completion]:
+        self.requests.append((messages, sampling, model))
+        item = self.script.pop(0)
+        if isinstance(item, Exception):
+            raise item
+        return [Completion(item, "stop", prompt_tokens=120, completion_tokens=7, latency_s=0.01)]
+
+    async def end_session(self, session_id: str) -> None:
+        pass
+
+    async def aclose(self) -> None:
+        pass
+
+
+def test_modes_and_validation() -> None:
+    assert EXTRACTION_MODES == ("rules", "judge", "rules_then_judge")
+    with pytest.raises(ValueError, match="rules, judge, rules_then_judge"):
+        BeliefExtractor(mode="llm")
+
+
+@pytest.mark.asyncio
+async def test_rules_mode() -> None:
+    extractor = BeliefExtractor(mode="rules")
+    assert await extractor.extract(MATH, MATH_EXAMPLE, r"It is $\boxed{2}$.") == Extraction("2", "rule", None, 0, 0)
+    assert await extractor.extract(MATH, MATH_EXAMPLE, "Still thinking.") == Extraction(None, "none", None, 0, 0)
+
+
+@pytest.mark.asyncio
+async def test_rules_then_judge_skips_the_judge_when_rules_succeed() -> None:
+    judge = ScriptedJudge(r"$\boxed{2}$")
+    extractor = BeliefExtractor(backend=judge, model="judge-model")
+    result = await extractor.extract(MMLU, MMLU_EXAMPLE, "The correct answer is (C).")
+    assert result == Extraction("C", "rule", None, 0, 0)
+    assert judge.requests == []
+
+    judge = ScriptedJudge("(B)")
+    extractor = BeliefExtractor(backend=judge, model="judge-model")
+    result = await extractor.extract(MMLU, MMLU_EXAMPLE, "I lean towards the second option.", seed=17)
+    assert result == Extraction("B", "judge", None, 120, 7)
+    ((messages, sampling, model),) = judge.requests
+    assert model == "judge-model"
+    assert sampling == SamplingParams(temperature=0.0, top_p=1.0, max_tokens=32, seed=17)
+    assert messages == MMLU.extraction_prompt(MMLU_EXAMPLE, "I lean towards the second option.")
+
+
+@pytest.mark.asyncio
+async def test_judge_mode_always_asks_the_judge() -> None:
+    judge = ScriptedJudge(r"The answer is $\boxed{3}$.", "not sure yet")
+    extractor = BeliefExtractor(mode="judge", backend=judge)
+    first = await extractor.extract(MATH, MATH_EXAMPLE, r"Rules would say $\boxed{2}$.")
+    assert (first.belief, first.method) == ("3", "judge")
+    second = await extractor.extract(MATH, MATH_EXAMPLE, "Let me think.")
+    assert second == Extraction(None, "judge", None, 120, 7)
+    assert judge.requests[0][1].seed is None  # no seed given, the configured sampling is sent as is
+
+
+@pytest.mark.asyncio
+async def test_judge_failure_is_an_error_never_a_belief() -> None:
+    judge = ScriptedJudge(*[BackendError("extraction network error")] * 3)
+    extractor = BeliefExtractor(mode="judge", backend=judge, retries=2, backoff_s=0.001)
+    result = await extractor.extract(MMLU, MMLU_EXAMPLE, "Error: extraction network error")
+    assert result.belief is None and result.method == "judge"
+    assert result.error is not None and "extraction network error" in result.error and "3 attempt" in result.error
+    assert (result.prompt_tokens, result.completion_tokens) == (0, 0)
+    assert len(judge.requests) == 3
+
+
+@pytest.mark.asyncio
+async def test_judge_retries_then_succeeds() -> None:
+    judge = ScriptedJudge(RuntimeError("connection reset"), "(E)")
+    extractor = BeliefExtractor(mode="rules_then_judge", backend=judge, backoff_s=0.001)
+    result = await extractor.extract(MMLU, MMLU_EXAMPLE, "Hmm.")
+    assert result == Extraction("E", "judge", None, 120, 7)
+    assert len(judge.requests) == 2
+
+
+@pytest.mark.asyncio
+async def test_non_retryable_error_stops_at_once() -> None:
+    judge = ScriptedJudge(BackendError("bad request", retryable=False), "(A)")
+    extractor = BeliefExtractor(mode="judge", backend=judge, backoff_s=0.001)
+    result = await extractor.extract(MMLU, MMLU_EXAMPLE, "Hmm.")
+    assert result.belief is None and result.error is not None and "bad request" in result.error
+    assert len(judge.requests) == 1
+
+
+@pytest.mark.asyncio
+async def test_judge_modes_need_a_backend_at_extract_time() -> None:
+    extractor = BeliefExtractor(mode="rules_then_judge")  # allowed: the conversation layer sets .backend later
+    assert (await extractor.extract(MATH, MATH_EXAMPLE, r"$\boxed{2}$")).belief == "2"
+    with pytest.raises(ValueError, match="needs a judge backend"):
+        await extractor.extract(MATH, MATH_EXAMPLE, "no box")
+    extractor.backend = ScriptedJudge(r"$\boxed{2}$")
+    assert (await extractor.extract(MATH, MATH_EXAMPLE, "no box")).belief == "2"
