@@ -1,0 +1,1 @@
+"""Fine-tuning on synthetic conversations (iterative training, data creation, trainers)."""

@@ -1,0 +1,1 @@
+"""coral: evaluate and improve how LLM agents reason together."""

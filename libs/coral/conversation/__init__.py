@@ -1,0 +1,17 @@
+"""Conversations: agents, protocols and the runner that executes many of them concurrently."""
+
+from coral.conversation.agent import Agent
+from coral.conversation.context import ConversationContext, RetryPolicy
+from coral.conversation.protocols import PROTOCOLS, CoralProtocol, Protocol, agent_view
+from coral.conversation.runner import ConversationRunner
+
+__all__ = [
+    "PROTOCOLS",
+    "Agent",
+    "ConversationContext",
+    "ConversationRunner",
+    "CoralProtocol",
+    "Protocol",
+    "RetryPolicy",
+    "agent_view",
+]

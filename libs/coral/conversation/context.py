@@ -1,0 +1,130 @@
+"""What a protocol can do inside one conversation: generate a turn, annotate it, check agreement, build the record.
+
+Protocols decide who speaks, what each agent sees and when to stop; everything else (seeds, retries, belief
+extraction, grading, belief classes, the record) is done here the same way for every protocol, so a new
+protocol (N-agent debate, generator -> verifier -> refiner) needs no change to extraction, the store or metrics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from dataclasses import dataclass, field
+
+from coral.backends.base import BackendError, Message
+from coral.beliefs import BeliefExtractor
+from coral.conversation.agent import Agent
+from coral.records import ConversationRecord, Turn, Usage
+from coral.seeding import derive_seed
+from coral.tasks.base import Example, Task
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How failed generation requests are retried: exponential backoff with seeded jitter.
+
+    Args:
+        attempts: total tries per turn (1 = no retry).
+        backoff_s: the first wait; doubles each retry, plus up to 50% jitter.
+    """
+
+    attempts: int = 3
+    backoff_s: float = 1.0
+
+
+@dataclass
+class ConversationContext:
+    """Everything one conversation needs; created by the runner for each (example, sample)."""
+
+    task: Task
+    example: Example
+    sample_index: int
+    agents: dict[str, Agent]
+    extractor: BeliefExtractor
+    run_seed: int
+    config_hash: str
+    max_turns: int
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    _classes: list[str] = field(default_factory=list)
+
+    @property
+    def session_id(self) -> str:
+        """Names the conversation for engines that keep per-conversation state (prefix cache, replica)."""
+        return f"{self.run_seed}:{self.example.id}:{self.sample_index}"
+
+    def seed(self, *coordinates: object) -> int:
+        return derive_seed(self.run_seed, self.example.id, self.sample_index, *coordinates)
+
+    async def generate(self, speaker: str, messages: list[Message], index: int, branch: int = 0) -> Turn:
+        """Ask ``speaker`` for turn ``index``; a request that still fails after retries yields an errored turn."""
+        agent = self.agents[speaker]
+        seed = self.seed("turn", index, branch)
+        jitter = random.Random(seed)
+        error = None
+        for attempt in range(1, self.retry.attempts + 1):
+            try:
+                completion = (
+                    await agent.backend.chat(
+                        messages, agent.sampling.with_seed(seed), model=agent.model, session_id=self.session_id
+                    )
+                )[0]
+            except Exception as exc:  # noqa: BLE001 - errors are data: recorded on the turn
+                error = f"{type(exc).__name__}: {exc}"
+                if isinstance(exc, BackendError) and not exc.retryable or attempt == self.retry.attempts:
+                    break
+                await asyncio.sleep(self.retry.backoff_s * 2 ** (attempt - 1) * (1 + jitter.random() / 2))
+                continue
+            return Turn(
+                index=index,
+                speaker=speaker,
+                text=completion.text,
+                model=agent.model,
+                seed=seed,
+                usage=Usage(completion.prompt_tokens, completion.completion_tokens),
+                latency_s=round(completion.latency_s, 4),
+                finish_reason=completion.finish_reason,
+                attempts=attempt,
+            )
+        return Turn(index=index, speaker=speaker, text="", model=agent.model, seed=seed, error=error, attempts=attempt)
+
+    async def annotate(self, turn: Turn) -> Turn:
+        """Extract the turn's belief, grade it and give it a belief class (in place; returns the turn)."""
+        if turn.error is not None:
+            return turn
+        found = await self.extractor.extract(self.task, self.example, turn.text, seed=self.seed("judge", turn.index))
+        turn.belief, turn.belief_method, turn.extraction_error = found.belief, found.method, found.error
+        turn.extraction_usage = Usage(found.prompt_tokens, found.completion_tokens)
+        turn.correct = False
+        if turn.belief is not None:
+            turn.correct = await self.task.grade(turn.belief, self.example)
+            turn.belief_class = await self._belief_class(turn.belief)
+        return turn
+
+    async def _belief_class(self, belief: str) -> int:
+        """Number distinct beliefs of this conversation under the task's agreement relation."""
+        for number, known in enumerate(self._classes):
+            if belief == known or await self.task.agree(belief, known, self.example):
+                return number
+        self._classes.append(belief)
+        return len(self._classes) - 1
+
+    async def agree(self, a: Turn | None, b: Turn | None) -> bool:
+        """Both turns hold a valid belief and the task says the beliefs are the same answer."""
+        if a is None or b is None or a.belief is None or b.belief is None:
+            return False
+        return await self.task.agree(a.belief, b.belief, self.example)
+
+    def record(self, protocol: str, turns: list[Turn], stop_reason: str) -> ConversationRecord:
+        return ConversationRecord(
+            example_id=self.example.id,
+            sample_index=self.sample_index,
+            task=self.task.name,
+            run_seed=self.run_seed,
+            config_hash=self.config_hash,
+            protocol=protocol,
+            agents={name: agent.model for name, agent in self.agents.items()},
+            turns=turns,
+            stop_reason=stop_reason,
+            max_turns=self.max_turns,
+            gold=self.example.answer,
+        )

@@ -1,0 +1,78 @@
+"""Protocols: who speaks next, what each agent sees, and when the conversation stops.
+
+A protocol is a small class with one coroutine, ``run(ctx) -> ConversationRecord``; the context does the
+generation, extraction, grading and record keeping. Register a new one with ``@PROTOCOLS.register(name)``.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import ClassVar
+
+from coral.backends.base import Message
+from coral.conversation.context import ConversationContext
+from coral.records import ConversationRecord, Turn
+from coral.registry import Registry
+
+PROTOCOLS: Registry[Protocol] = Registry("protocol")
+
+
+class Protocol(ABC):
+    name: ClassVar[str]
+
+    @abstractmethod
+    async def run(self, ctx: ConversationContext) -> ConversationRecord:
+        """Run one conversation to its end and return its record (metrics are added by the runner)."""
+
+
+def agent_view(system_prompt: str, speaker: str, turns: list[Turn]) -> list[Message]:
+    """The conversation as ``speaker`` sees it: its own turns as assistant, everyone else's as user."""
+    messages: list[Message] = [{"role": "system", "content": system_prompt}]
+    for turn in turns:
+        messages.append({"role": "assistant" if turn.speaker == speaker else "user", "content": turn.text})
+    return messages
+
+
+def latest_turn_of(turns: list[Turn], speaker: str) -> Turn | None:
+    return next((t for t in reversed(turns) if t.speaker == speaker and t.generated), None)
+
+
+@PROTOCOLS.register("coral")
+class CoralProtocol(Protocol):
+    """The Coral two-agent conversation (paper section 3; reference section 3).
+
+    Turn 0 is the asker's templated question. The agents then alternate, the answerer first, for at most
+    ``max_turns`` generated turns. After each turn the latest beliefs of both agents are compared; the
+    conversation stops when both are valid and the task says they are the same answer.
+
+    Args:
+        asker: the speaker who poses the question (turn 0); the other agent answers first.
+    """
+
+    name = "coral"
+
+    def __init__(self, asker: str = "student") -> None:
+        self.asker = asker
+
+    async def run(self, ctx: ConversationContext) -> ConversationRecord:
+        speakers = list(ctx.agents)
+        if self.asker not in speakers or len(speakers) != 2:
+            raise ValueError(f"the coral protocol needs two agents including {self.asker!r}, got {speakers}")
+        answerer = next(s for s in speakers if s != self.asker)
+        turns = [Turn(index=0, speaker=self.asker, text=ctx.task.opening_message(ctx.example), generated=False)]
+        stop_reason = "max_turns"
+        for index in range(1, ctx.max_turns + 1):
+            speaker = answerer if turns[-1].speaker == self.asker else self.asker
+            view = agent_view(ctx.agents[speaker].system_prompt, speaker, turns)
+            turn = await ctx.generate(speaker, view, index)
+            turns.append(turn)
+            if turn.error is not None:
+                stop_reason = "error"
+                break
+            await ctx.annotate(turn)
+            partner = self.asker if speaker == answerer else answerer
+            if await ctx.agree(turn, latest_turn_of(turns, partner)):
+                turn.agreement = True
+                stop_reason = "agreement"
+                break
+        return ctx.record(self.name, turns, stop_reason)

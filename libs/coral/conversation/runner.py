@@ -1,0 +1,106 @@
+"""Runs many conversations at once and appends each record to the store the moment it ends.
+
+Work is the list of (example, sample) keys not yet in the store, so a rerun after a crash or kill resumes where
+the store stops, without duplicates. At most ``concurrency`` conversations are in flight; one conversation that
+raises (a bug, not a model error: those are recorded on turns) is recorded as an errored conversation and never
+stops the others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import traceback
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from coral.beliefs import BeliefExtractor
+from coral.conversation.agent import Agent
+from coral.conversation.context import ConversationContext, RetryPolicy
+from coral.conversation.protocols import Protocol
+from coral.metrics import conversation_metrics
+from coral.records import ConversationRecord
+from coral.store import ResultStore
+from coral.tasks.base import Example, Task
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ConversationRunner:
+    """Runs a protocol over examples and stores the records.
+
+    Args:
+        protocol: who speaks and when to stop.
+        task: the task the examples belong to.
+        agents: speaker name -> agent.
+        extractor: belief extraction for every turn.
+        store: where finished conversations go.
+        run_seed: the seed every request seed is derived from.
+        config_hash: identifies the configuration that produced the records.
+        max_turns: most generated turns per conversation.
+        concurrency: most conversations in flight at once.
+        retry: retry policy for generation requests.
+    """
+
+    protocol: Protocol
+    task: Task
+    agents: dict[str, Agent]
+    extractor: BeliefExtractor
+    store: ResultStore
+    run_seed: int
+    config_hash: str
+    max_turns: int = 20
+    concurrency: int = 100
+    retry: RetryPolicy = RetryPolicy()
+
+    def pending(self, examples: Iterable[Example], samples: int) -> list[tuple[Example, int]]:
+        return [(ex, s) for ex in examples for s in range(samples) if (ex.id, s) not in self.store.done]
+
+    async def run(
+        self, work: list[tuple[Example, int]], on_done: Callable[[ConversationRecord], None] | None = None
+    ) -> int:
+        """Run every (example, sample) in ``work``; returns how many records were written."""
+        queue: asyncio.Queue[tuple[Example, int]] = asyncio.Queue()
+        for item in work:
+            queue.put_nowait(item)
+        lock = asyncio.Lock()
+        written = 0
+
+        async def worker() -> None:
+            nonlocal written
+            while not queue.empty():
+                example, sample = queue.get_nowait()
+                record = await self._one(example, sample)
+                async with lock:  # appends are serialised, and run off the event loop (fsync)
+                    if await asyncio.to_thread(self.store.append, record):
+                        written += 1
+                if on_done is not None:
+                    on_done(record)
+
+        await asyncio.gather(*(worker() for _ in range(min(self.concurrency, len(work)))))
+        return written
+
+    async def _one(self, example: Example, sample: int) -> ConversationRecord:
+        ctx = ConversationContext(
+            task=self.task,
+            example=example,
+            sample_index=sample,
+            agents=self.agents,
+            extractor=self.extractor,
+            run_seed=self.run_seed,
+            config_hash=self.config_hash,
+            max_turns=self.max_turns,
+            retry=self.retry,
+        )
+        try:
+            record = await self.protocol.run(ctx)
+        except Exception as exc:  # noqa: BLE001 - one broken conversation never kills the run
+            log.error("conversation %s failed:\n%s", ctx.session_id, traceback.format_exc())
+            record = ctx.record(self.protocol.name, [], "error")
+            record.metadata["exception"] = f"{type(exc).__name__}: {exc}"
+        finally:
+            for backend in {id(a.backend): a.backend for a in self.agents.values()}.values():
+                await backend.end_session(ctx.session_id)
+        record.metrics = conversation_metrics(record) if record.turns else {"conv_err": 1.0}
+        return record

@@ -1,0 +1,195 @@
+"""The interaction module: runs coral conversations inside ``trainer.py validate`` and reports their metrics.
+
+Lightning is the config, CLI, logging and multi-process launcher here; no tensors are trained. Each rank runs
+its share of the (example, sample) keys not yet in the results store, appends records as conversations end,
+and at the end rank 0 computes ``metrics.json`` from the store (never from memory) and prints a summary table.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from lightning.pytorch import LightningModule
+from tqdm import tqdm
+
+from coral.backends import ChatBackend, EmbeddedBackend, EngineConfig
+from coral.backends.models import DEFAULT_MODEL
+from coral.beliefs import BeliefExtractor
+from coral.conversation import PROTOCOLS, Agent, ConversationRunner, RetryPolicy
+from coral.metrics import summary_table, write_metrics
+from coral.sampling import SamplingParams
+from coral.store import ResultStore, read_records
+from coral.tasks import Example, stable_id
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ExtractorConfig:
+    """How beliefs are extracted from turns.
+
+    Args:
+        mode: ``rules``, ``judge`` or ``rules_then_judge``.
+        model: the judge model (None: the teacher's model).
+        app_name: a served application for the judge (None: the embedded engine).
+        temperature: the judge's temperature (greedy by default).
+        max_tokens: the judge's reply budget; a belief is short.
+    """
+
+    mode: str = "rules_then_judge"
+    model: str | None = None
+    app_name: str | None = None
+    temperature: float = 0.0
+    max_tokens: int = 32
+
+
+class InteractionModule(LightningModule):
+    """Two agents discuss each example; their beliefs are extracted and graded each turn.
+
+    Args:
+        teacher_model: model of the agent that answers first (a packaged model name or a checkpoint dir).
+        student_model: model of the agent that asks the question (turn 0).
+        teacher_app_name: a served application for the teacher (None: the embedded engine serves the model).
+        student_app_name: likewise for the student.
+        protocol: registered protocol name.
+        max_turns: most generated turns per conversation (the CoT baseline uses 1).
+        sampling_temp: the agents' temperature.
+        top_p: the agents' nucleus mass.
+        sampling_n: independent conversations per example.
+        max_turn_tokens: most tokens per generated turn (None: 1024, the reference client's default).
+        max_n_processes: most conversations in flight at once (per rank).
+        request_timeout: seconds before a model request is abandoned (then retried).
+        extractor: belief extraction settings.
+        engine: limits of the embedded engine.
+        retry: retries of failed generation requests.
+        compat_metrics: compute metrics with the reference's definitions instead of the corrected ones.
+    """
+
+    def __init__(
+        self,
+        teacher_model: str = DEFAULT_MODEL,
+        student_model: str = DEFAULT_MODEL,
+        teacher_app_name: str | None = None,
+        student_app_name: str | None = None,
+        protocol: str = "coral",
+        max_turns: int = 20,
+        sampling_temp: float = 0.2,
+        top_p: float = 0.9,
+        sampling_n: int = 1,
+        max_turn_tokens: int | None = None,
+        max_n_processes: int = 100,
+        request_timeout: float = 600.0,
+        extractor: ExtractorConfig = ExtractorConfig(),
+        engine: EngineConfig = EngineConfig(),
+        retry: RetryPolicy = RetryPolicy(),
+        compat_metrics: bool = False,
+    ) -> None:
+        super().__init__()
+        if max_turns < 1 or sampling_n < 1 or max_n_processes < 1:
+            raise ValueError("max_turns, sampling_n and max_n_processes must be >= 1")
+        self.save_hyperparameters()
+        self.extractor_config = extractor
+        self.engine_config = engine
+        self.retry = retry
+        PROTOCOLS.get(protocol)  # an unknown protocol fails at parse time, not after loading models
+
+    # ------------------------------------------------------------------ building blocks
+    def _backend(self, model: str, app_name: str | None) -> ChatBackend:
+        if app_name is not None:
+            raise ValueError(
+                f"app_name {app_name!r}: served applications need coral.serving, which this version does not "
+                "include yet; leave app names unset to serve the model with the embedded engine"
+            )
+        return EmbeddedBackend(model, self.engine_config, self.hparams.request_timeout)
+
+    def _agents(self, instructions: dict[str, str]) -> dict[str, Agent]:
+        hp = self.hparams
+        sampling = SamplingParams(hp.sampling_temp, hp.top_p, hp.max_turn_tokens or 1024)
+        spec = {"teacher": (hp.teacher_model, hp.teacher_app_name), "student": (hp.student_model, hp.student_app_name)}
+        return {
+            name: Agent(name, self._backend(model, app), model, instructions[name], sampling)
+            for name, (model, app) in spec.items()
+        }
+
+    def _extractor(self) -> BeliefExtractor:
+        cfg = self.extractor_config
+        model = cfg.model or self.hparams.teacher_model
+        backend = self._backend(model, cfg.app_name) if cfg.mode != "rules" else None
+        sampling = SamplingParams(temperature=cfg.temperature, top_p=1.0, max_tokens=cfg.max_tokens)
+        return BeliefExtractor(cfg.mode, backend, model, sampling)
+
+    @property
+    def results_dir(self) -> Path:
+        return Path(self.trainer.default_root_dir)
+
+    @property
+    def run_seed(self) -> int:
+        """The seed ``seed_everything`` set (LightningCLI's ``seed_everything``); every request seed derives from it."""
+        return int(os.environ.get("PL_GLOBAL_SEED", 0))
+
+    def config_hash(self) -> str:
+        """Identifies what shapes the records; concurrency, timeouts and engine limits do not."""
+        hp = dict(self.hparams)
+        for key in ("max_n_processes", "request_timeout", "engine", "retry", "compat_metrics"):
+            hp.pop(key, None)
+        hp["extractor"] = asdict(self.extractor_config)
+        data = self.trainer.datamodule
+        shaped = {"model": hp, "task": data.task_name, "task_args": data.task_args, "val_set": asdict(data.val_set)}
+        return stable_id(json.loads(json.dumps(shaped, default=str)), self.run_seed)
+
+    # ------------------------------------------------------------------ the validate loop
+    def transfer_batch_to_device(self, batch: list[Example], device, dataloader_idx: int) -> list[Example]:
+        return batch  # examples are text; nothing goes to a device
+
+    def validation_step(self, batch: list[Example], batch_idx: int) -> None:
+        data = self.trainer.datamodule
+        store = ResultStore(self.results_dir, rank=self.global_rank)
+        config_hash = self.config_hash()
+        _refuse_foreign_records(self.results_dir, config_hash)
+        runner = ConversationRunner(
+            protocol=PROTOCOLS.get(self.hparams.protocol)(),
+            task=data.task,
+            agents=self._agents(data.instructions()),
+            extractor=self._extractor(),
+            store=store,
+            run_seed=self.run_seed,
+            config_hash=config_hash,
+            max_turns=self.hparams.max_turns,
+            concurrency=self.hparams.max_n_processes,
+            retry=self.retry,
+        )
+        shard = batch[self.global_rank :: self.trainer.world_size]
+        work = runner.pending(shard, self.hparams.sampling_n)
+        done = len(shard) * self.hparams.sampling_n - len(work)
+        progress = tqdm(total=len(work) + done, initial=done, desc="conversations", disable=self.global_rank != 0)
+        try:
+            asyncio.run(runner.run(work, on_done=lambda record: progress.update()))
+        finally:
+            progress.close()
+
+    def on_validation_epoch_end(self) -> None:
+        self.trainer.strategy.barrier()
+        if self.global_rank == 0:
+            metrics = write_metrics(self.results_dir, compat=self.hparams.compat_metrics)
+            print(f"\ncoral results in {self.results_dir}\n{summary_table(metrics)}\n", flush=True)
+        self.trainer.strategy.barrier()
+        metrics = json.loads((self.results_dir / "metrics.json").read_text())
+        self.log_dict({k: float(v) for k, v in metrics.items()}, rank_zero_only=True)
+
+    def on_validation_end(self) -> None:
+        self.trainer.datamodule.task.close()
+
+
+def _refuse_foreign_records(root: Path, config_hash: str) -> None:
+    """A results folder holds one configuration; resuming into another's folder would mix their records."""
+    foreign = {r.config_hash for r in read_records(root)} - {config_hash}
+    if foreign:
+        raise ValueError(
+            f"{root} holds conversations from another configuration (config hash {sorted(foreign)[0]}, this run "
+            f"{config_hash}); choose another --trainer.default_root_dir (or EXP_NAME) or remove that folder"
+        )
