@@ -15,6 +15,7 @@ class SamplingParams:
         max_tokens: most tokens to generate for one completion.
         seed: per-request seed; the same seed and prompt give the same completion on the embedded engine.
         stop: strings that end the completion (not included in the text).
+        ignore_eos: keep generating past the end-of-sequence token (benchmarks that need fixed lengths).
     """
 
     temperature: float = 0.2
@@ -22,6 +23,7 @@ class SamplingParams:
     max_tokens: int = 1024
     seed: int | None = None
     stop: tuple[str, ...] = field(default_factory=tuple)
+    ignore_eos: bool = False
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.temperature <= 5.0:

@@ -148,7 +148,6 @@ class EmbeddedEngine:
         self.model_name = model
         self.config = config
         self._inbox: queue.Queue = queue.Queue()
-        self._ready = threading.Event()
         self._load_error: BaseException | None = None
         self._waiting: list[_Request] = []
         self._cache = _PrefixCache(config.prefix_cache_mb * 2**20)
@@ -179,11 +178,10 @@ class EmbeddedEngine:
         except BaseException as exc:  # noqa: BLE001 - reported to every request instead
             self._load_error = exc
             log.exception("embedded engine failed to load %s", self.model_name)
-        self._ready.set()
         running: list[_Sequence] = []
         while True:
             try:
-                incoming = self._drain(block=not running)
+                incoming = self._drain(running=len(running))
             except _Stop:
                 self._fail_all(running, BackendError("engine stopped", retryable=False))
                 return
@@ -206,8 +204,12 @@ class EmbeddedEngine:
         eos = self.model.generation_config.eos_token_id
         self._eos = set(eos if isinstance(eos, list) else [eos]) | {self.tokenizer.eos_token_id}
 
-    def _drain(self, block: bool) -> list[_Request]:
-        """Take queued requests up to the step's token budget; handle control messages."""
+    def _drain(self, running: int) -> list[_Request]:
+        """Take queued requests up to the step's token and sequence budgets; handle control messages.
+
+        Blocks only when nothing is running or waiting, so an idle engine costs no CPU.
+        """
+        block = running == 0
         while True:
             try:
                 item = self._inbox.get(block=block and not self._waiting)
@@ -222,12 +224,14 @@ class EmbeddedEngine:
                 self._waiting.append(item)
             block = False
         admitted, budget = [], self.config.max_step_tokens
-        while self._waiting and len(admitted) < self.config.max_sequences:
+        while self._waiting:
             request = self._waiting[0]
             cost = len(self._tokenize(request) or ())
-            if admitted and cost > budget:
+            fits = running + request.n <= self.config.max_sequences and cost <= budget
+            if not fits and (running or admitted):  # an idle engine always takes the next request
                 break
             budget -= cost
+            running += request.n
             admitted.append(self._waiting.pop(0))
         return admitted
 
@@ -329,7 +333,7 @@ class EmbeddedEngine:
         seq.generated.append(token)
         seq.feed = [token]
         finish = None
-        if token in self._eos:
+        if token in self._eos and not sampling.ignore_eos:
             finish = "stop"
         elif len(seq.generated) >= sampling.max_tokens or len(seq.request.prompt) + len(seq.generated) >= self._context:
             finish = "length"

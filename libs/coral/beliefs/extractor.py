@@ -68,17 +68,25 @@ class BeliefExtractor:
         self.retries = retries
         self.backoff_s = backoff_s
 
-    async def extract(self, task: Task, example: Example, text: str, seed: int | None = None) -> Extraction:
-        """The belief ``text`` commits to; ``seed`` makes the judge request reproducible."""
+    async def extract(
+        self, task: Task, example: Example, text: str, seed: int | None = None, session_id: str | None = None
+    ) -> Extraction:
+        """The belief ``text`` commits to; ``seed`` makes the judge request reproducible.
+
+        ``session_id`` lets the judge's engine reuse the prompt prefix (instructions and question) it saw for
+        the same conversation's earlier turns.
+        """
         if self.mode != "judge":
             belief = task.parse_belief(text, example)
             if belief is not None:
                 return Extraction(belief, "rule")
             if self.mode == "rules":
                 return Extraction(None, "none")
-        return await self._ask_judge(task, example, text, seed)
+        return await self._ask_judge(task, example, text, seed, session_id)
 
-    async def _ask_judge(self, task: Task, example: Example, text: str, seed: int | None) -> Extraction:
+    async def _ask_judge(
+        self, task: Task, example: Example, text: str, seed: int | None, session_id: str | None
+    ) -> Extraction:
         if self.backend is None:
             raise ValueError(f"BeliefExtractor in mode {self.mode!r} needs a judge backend; set .backend first")
         messages = task.extraction_prompt(example, text)
@@ -88,7 +96,7 @@ class BeliefExtractor:
             if attempt:
                 await asyncio.sleep(self.backoff_s * 2 ** (attempt - 1))
             try:
-                completions = await self.backend.chat(messages, sampling, model=self.model)
+                completions = await self.backend.chat(messages, sampling, model=self.model, session_id=session_id)
                 if not completions:
                     raise BackendError("the judge backend returned no completion")
             except Exception as exc:  # any backend failure is recorded, never raised and never a belief

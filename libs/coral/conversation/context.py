@@ -91,7 +91,9 @@ class ConversationContext:
         """Extract the turn's belief, grade it and give it a belief class (in place; returns the turn)."""
         if turn.error is not None:
             return turn
-        found = await self.extractor.extract(self.task, self.example, turn.text, seed=self.seed("judge", turn.index))
+        found = await self.extractor.extract(
+            self.task, self.example, turn.text, seed=self.seed("judge", turn.index), session_id=self.session_id
+        )
         turn.belief, turn.belief_method, turn.extraction_error = found.belief, found.method, found.error
         turn.extraction_usage = Usage(found.prompt_tokens, found.completion_tokens)
         turn.correct = False
