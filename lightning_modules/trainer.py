@@ -22,7 +22,8 @@ class CoralCLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         exp_name = os.environ.get("EXP_NAME")
         if exp_name:
-            self.config[self.subcommand].trainer.default_root_dir = exp_name
+            config = self.config[self.subcommand] if self.subcommand else self.config
+            config.trainer.default_root_dir = exp_name
 
     def before_validate(self) -> None:
         """Save the resolved config beside the results, so every results folder says how it was made."""

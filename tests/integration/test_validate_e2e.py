@@ -112,3 +112,17 @@ def test_metrics_cli_recomputes_the_same_file(first_run, tmp_path):
     done = subprocess.run([sys.executable, "-m", "coral.metrics", str(tmp_path)], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert json.loads((tmp_path / "metrics.json").read_text()) == expected
+
+
+def test_an_unavailable_model_is_recorded_as_errors_not_a_crash(tmp_path):
+    done = subprocess.run(
+        command(tmp_path)[:-4]
+        + ["--model.teacher_model", "no-such-model", "--data.val_max_instances", "2",
+           "--trainer.default_root_dir", str(tmp_path), "--trainer.logger", "false"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    records = read_records(tmp_path)
+    assert len(records) == 2 and all(r.stop_reason == "error" for r in records)
+    assert all("neither a local checkpoint" in r.turns[-1].error for r in records)
+    assert json.loads((tmp_path / "metrics.json").read_text())["conv_err"] == 1.0

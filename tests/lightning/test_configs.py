@@ -86,7 +86,7 @@ def test_an_unknown_task_or_protocol_names_the_known_ones(monkeypatch):
     monkeypatch.chdir(ROOT)
     with pytest.raises(KeyError, match="did you mean math"):
         build("--config", "configs/ts_math.yaml", "--data.task", "maths").datamodule.task
-    with pytest.raises((KeyError, SystemExit)):
+    with pytest.raises(ValueError, match="did you mean coral"):  # jsonargparse reports it while instantiating
         build("--config", "configs/ts_math.yaml", "--model.protocol", "koral")
 
 
@@ -97,3 +97,16 @@ def test_malformed_data_line_fails_naming_file_line_and_field(tmp_path, monkeypa
     cli = build("--config", "configs/ts_math.yaml", "--data.val_set_init_args.file_path", str(bad))
     with pytest.raises(DataError, match=r"bad\.jsonl, line 2: field 'answer'"):
         cli.datamodule.setup("validate")
+
+
+def test_wandb_goes_offline_without_a_key(monkeypatch, tmp_path):
+    from lightning_modules.loggers import wandb_offline
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    assert wandb_offline() is True
+    monkeypatch.setenv("WANDB_API_KEY", "k")
+    assert wandb_offline() is False
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    assert wandb_offline() is True

@@ -177,3 +177,16 @@ async def test_agreement_compat_is_string_equality(math_task: MathTask) -> None:
     assert await compat.agree("0.5", "0.5", example()) is True
     assert await compat.grade("0.5", example(answer=r"\frac12")) is True  # grading stays math-verify
     compat.close()
+
+
+@pytest.mark.parametrize(
+    ("reply", "belief"),
+    [
+        ("The answer is $\\frac{124^{\\circ}}{2}$.", "\\frac{124^{\\circ}}{2}"),
+        ("The final answer is: $$x = 2$$", "x = 2"),
+        ("not sure yet. The answer is $3$", None),
+        ("The answer is 5", None),
+    ],
+)
+def test_judge_replies_that_state_an_unboxed_latex_answer(reply, belief):
+    assert MathTask().parse_judge_output(reply, None) == belief

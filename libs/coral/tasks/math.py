@@ -15,6 +15,8 @@ keeps only the string-equality agreement, since the grader here is math-verify e
 
 from __future__ import annotations
 
+import re
+
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -110,14 +112,21 @@ class MathTask(Task):
         return last_boxed(text)
 
     def parse_judge_output(self, text: str, example: Example) -> str | None:
-        """The judge's first boxed answer, unless it said "not sure yet" before giving one."""
+        """The judge's first boxed answer, unless it said "not sure yet" before giving one.
+
+        Small judges often write "The answer is $x$" instead of boxing it; that form is accepted too (the
+        reference's regex only took boxes, so such replies counted as "no answer").
+        """
         unsure_at = text.lower().find(NOT_SURE)
         for start, content in iter_boxed(text):
             if 0 <= unsure_at < start:
                 return None
             if content.strip():
                 return content.strip()
-        return None
+        stated = _STATED_ANSWER.search(text)
+        if stated is None or 0 <= unsure_at < stated.start():
+            return None
+        return stated.group(1).strip() or None
 
     # -- grading -----------------------------------------------------------------------------------------
 
@@ -129,6 +138,10 @@ class MathTask(Task):
 
     def close(self) -> None:
         self._equivalence.close()
+
+
+_STATED_ANSWER = re.compile(r"answer is:?\s*\$+([^$]+?)\$+", re.IGNORECASE)
+"""``answer is $x$`` (or ``$$x$$``): the unboxed way a judge may name a LaTeX answer."""
 
 
 def _non_empty(row: dict[str, Any], name: str, path: Path, line: int | None) -> str:

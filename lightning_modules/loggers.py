@@ -1,0 +1,30 @@
+"""Loggers: CSV by default (configs/common); W&B when configured, offline unless an API key is present."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from lightning.pytorch.loggers import WandbLogger
+
+
+def wandb_offline() -> bool:
+    """Log online only when this machine can authenticate: an API key in the environment or in ~/.netrc."""
+    if os.environ.get("WANDB_MODE") in ("offline", "disabled"):
+        return True
+    if os.environ.get("WANDB_API_KEY"):
+        return False
+    netrc = os.path.expanduser("~/.netrc")
+    return not (os.path.exists(netrc) and "api.wandb.ai" in open(netrc, encoding="utf-8").read())
+
+
+class CoralWandbLogger(WandbLogger):
+    """``WandbLogger`` that goes offline by itself when there is no key (needs ``pip install -e .[wandb]``).
+
+    Use with ``--trainer.logger lightning_modules.loggers.CoralWandbLogger --trainer.logger.project coral``.
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("offline", wandb_offline())
+        kwargs.setdefault("name", os.environ.get("EXP_NAME"))
+        super().__init__(**kwargs)
