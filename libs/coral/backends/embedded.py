@@ -198,6 +198,7 @@ class EmbeddedEngine:
         self.model, self.tokenizer = models.load(self.model_name)
         self.model.to(getattr(torch, self.config.dtype))
         self.model.set_attn_implementation(packed.ATTENTION_NAME)
+        packed.row_blocked(self.model)
         cfg = self.model.config
         self._kv_shape = (cfg.num_hidden_layers, cfg.num_key_value_heads, cfg.hidden_size // cfg.num_attention_heads)
         self._context = int(getattr(cfg, "max_position_embeddings", 8192))
@@ -300,21 +301,15 @@ class EmbeddedEngine:
             positions.extend(range(seq.kv.length, seq.kv.length + len(seq.feed)))
             ids.extend(seq.feed)
             last.append(len(ids) - 1)
-        pad = packed.MIN_PACKED_ROWS - len(ids)
-        if pad > 0:  # row-invariant matrix products need a minimum row count; padding attends to itself only
-            segments.append(packed.Segment(len(ids), pad, packed.KVStore(*self._kv_shape, capacity=pad)))
-            positions.extend(range(pad))
-            ids.extend([0] * pad)
-        keep = last + [last[-1]] * max(0, packed.MIN_PACKED_ROWS - len(last))
         with torch.inference_mode():
             out = self.model(
                 input_ids=torch.tensor([ids]),
                 position_ids=torch.tensor([positions]),
                 segments=segments,
-                logits_to_keep=torch.tensor(keep),
+                logits_to_keep=torch.tensor(last),
                 use_cache=False,
             )
-        return out.logits[0, : len(running)]
+        return out.logits[0]
 
     def _fork(self, seq: _Sequence, row: torch.Tensor) -> list[_Sequence]:
         """After the shared prompt ran once, split a request with n > 1 into n sequences."""
