@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from coral.backends.base import BackendError, Completion, Message
+from coral.backends import BackendError, Message, ScriptedBackend
 from coral.beliefs import EXTRACTION_MODES, BeliefExtractor, Extraction
 from coral.sampling import SamplingParams
 from coral.tasks import Example, MathTask, MMLUProTask
@@ -13,33 +13,16 @@ MMLU = MMLUProTask()
 MMLU_EXAMPLE = Example(id="q", task="mmlu_pro", question="Pick one.", answer="E", choices=tuple("abcdefghij"))
 
 
-class ScriptedJudge:
+class ScriptedJudge(ScriptedBackend):
     """Answers each request with the next scripted item: a reply text, or an exception to raise."""
 
     def __init__(self, *script: str | Exception) -> None:
-        self.script = list(script)
-        self.requests: list[tuple[list[Message], SamplingParams, str | None]] = []
+        items = list(script)
+        super().__init__(lambda messages, sampling: items.pop(0), usage=(120, 7))
 
-    async def chat(
-        self,
-        messages: list[Message],
-        sampling: SamplingParams,
-        *,
-        model: str | None = None,
-        n: int = 1,
-        session_id: str | None = None,
-    ) -> list[Completion]:
-        self.requests.append((messages, sampling, model))
-        item = self.script.pop(0)
-        if isinstance(item, Exception):
-            raise item
-        return [Completion(item, "stop", prompt_tokens=120, completion_tokens=7, latency_s=0.01)]
-
-    async def end_session(self, session_id: str) -> None:
-        pass
-
-    async def aclose(self) -> None:
-        pass
+    @property
+    def requests(self) -> list[tuple[list[Message], SamplingParams, str | None]]:
+        return [(call.messages, call.sampling, call.model) for call in self.calls]
 
 
 def test_modes_and_validation() -> None:

@@ -55,7 +55,7 @@ def test_agents_alternate_and_see_their_own_turns_as_assistant(tmp_path):
     backend = ScriptedBackend(by_turn("(A) maybe", "I think (B)", "hmm", "ok"))
     record = run_one(runner_for(MMLUProTask(), backend, tmp_path, max_turns=4), MC_EXAMPLE)
     assert [t.speaker for t in record.turns] == ["student", "teacher", "student", "teacher", "student"]
-    teacher_first, student_first = backend.calls[0][0], backend.calls[1][0]
+    teacher_first, student_first = backend.calls[0].messages, backend.calls[1].messages
     assert teacher_first[0] == {"role": "system", "content": "system prompt of teacher"}
     assert [m["role"] for m in teacher_first[1:]] == ["user"]
     # The student asked turn 0, so it sees its own question as assistant and the teacher's answer as user.
@@ -113,7 +113,7 @@ def test_a_failed_request_is_retried_with_the_same_seed(tmp_path):
     backend = ScriptedBackend(script)
     record = run_one(runner_for(MMLUProTask(), backend, tmp_path, max_turns=1), MC_EXAMPLE)
     assert record.turns[1].attempts == 2 and record.turns[1].error is None
-    assert backend.calls[0][1].seed == backend.calls[1][1].seed == record.turns[1].seed
+    assert backend.calls[0].sampling.seed == backend.calls[1].sampling.seed == record.turns[1].seed
 
 
 def test_non_retryable_errors_are_not_retried(tmp_path):
@@ -146,7 +146,7 @@ def test_sessions_end_with_the_conversation(tmp_path):
     runner = runner_for(MMLUProTask(), backend, tmp_path, max_turns=2)
     run_one(runner, MC_EXAMPLE)
     assert backend.ended_sessions == ["7:mc:0"]
-    assert {call[2] for call in backend.calls} == {"7:mc:0"}
+    assert {call.session_id for call in backend.calls} == {"7:mc:0"}
 
 
 def test_rerun_skips_finished_conversations(tmp_path):

@@ -4,24 +4,37 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from dataclasses import dataclass
 
-from coral.backends.base import BACKENDS, BackendError, Completion, Message
+from coral.backends.base import BACKENDS, Completion, Message
 from coral.sampling import SamplingParams
 
-Script = Callable[[list[Message], SamplingParams], str]
+Script = Callable[[list[Message], SamplingParams], "str | BaseException"]
+
+
+@dataclass(frozen=True)
+class Call:
+    """One request the scripted backend received."""
+
+    messages: list[Message]
+    sampling: SamplingParams
+    model: str | None
+    session_id: str | None
 
 
 @BACKENDS.register("scripted")
 class ScriptedBackend:
     """Replies with ``script(messages, sampling)``; a reply that is an exception instance is raised instead.
 
-    Records every request in ``calls`` so tests can assert what each agent saw.
+    Records every request in ``calls`` so tests can assert what each agent saw. Token usage is the word count
+    of the prompt and the reply, unless ``usage`` fixes (prompt_tokens, completion_tokens).
     """
 
-    def __init__(self, script: Script, latency_s: float = 0.0) -> None:
+    def __init__(self, script: Script, latency_s: float = 0.0, usage: tuple[int, int] | None = None) -> None:
         self.script = script
         self.latency_s = latency_s
-        self.calls: list[tuple[list[Message], SamplingParams, str | None]] = []
+        self.usage = usage
+        self.calls: list[Call] = []
         self.ended_sessions: list[str] = []
 
     async def chat(
@@ -33,7 +46,7 @@ class ScriptedBackend:
         n: int = 1,
         session_id: str | None = None,
     ) -> list[Completion]:
-        self.calls.append((messages, sampling, session_id))
+        self.calls.append(Call(messages, sampling, model, session_id))
         if self.latency_s:
             await asyncio.sleep(self.latency_s)
         replies = []
@@ -41,7 +54,9 @@ class ScriptedBackend:
             reply = self.script(messages, sampling if i == 0 else sampling.with_seed((sampling.seed or 0) + i))
             if isinstance(reply, BaseException):
                 raise reply
-            replies.append(Completion(reply, "stop", sum(len(m["content"]) for m in messages), len(reply.split()), 0.0))
+            prompt_tokens = sum(len(m["content"].split()) for m in messages)
+            prompt_tokens, completion_tokens = self.usage or (prompt_tokens, len(reply.split()))
+            replies.append(Completion(reply, "stop", prompt_tokens, completion_tokens, self.latency_s))
         return replies
 
     async def end_session(self, session_id: str) -> None:
@@ -50,5 +65,3 @@ class ScriptedBackend:
     async def aclose(self) -> None:
         pass
 
-
-__all__ = ["BackendError", "ScriptedBackend"]
