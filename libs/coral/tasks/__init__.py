@@ -1,13 +1,17 @@
 """Tasks: one module per dataset, each registered by name when ``coral.tasks`` is imported.
 
-Importing is cheap: no worker pools start and math-verify (sympy) is imported only inside grading workers.
+Every module of this package is imported here, so adding a task is adding one module (plus a config). Importing
+is cheap: no worker pools start and math-verify (sympy) is imported only inside grading workers.
 """
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 from typing import Any
 
-from coral.tasks import math, mmlu_pro  # noqa: F401  (registration)
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_module.name}")  # registration
 from coral.tasks.base import NOT_SURE, TASKS, Example, Task, read_jsonl, require, stable_id
 from coral.tasks.instructions import STYLES
 from coral.tasks.math import MathTask
