@@ -98,3 +98,17 @@ def test_summary_table_order_and_format():
         "n_conversations             4",
         "zeta                   1.0000",
     ]
+
+
+def test_metrics_are_also_reported_per_group(build):
+    # Two order-0 conversations (one ends in a correct agreement) and one order-1 conversation (wrong answer).
+    agreed = build("A", {"belief": "A", "agreement": True}, example_id="a")
+    silent = build(None, None, example_id="b")
+    wrong = build("B", example_id="c")
+    agreed.metadata = silent.metadata = {"groups": {"order": "0"}}
+    wrong.metadata = {"groups": {"order": "1"}}
+    result = aggregate([agreed, silent, wrong])
+    assert result["n_conversations[order=0]"] == 2 and result["n_conversations[order=1]"] == 1
+    assert result["agreement_correctness[order=0]"] == 0.5  # 1 of the 2 order-0 conversations
+    assert result["final_answer_accuracy[order=0]"] == 0.5  # "A" correct; no belief counts as 0
+    assert result["final_answer_accuracy[order=1]"] == 0.0

@@ -129,4 +129,5 @@ class ConversationContext:
             stop_reason=stop_reason,
             max_turns=self.max_turns,
             gold=self.example.answer,
+            metadata={"groups": groups} if (groups := self.task.groups(self.example)) else {},
         )

@@ -48,6 +48,25 @@ def aggregate(records: Iterable[ConversationRecord], compat: bool = False) -> di
     result: dict[str, float] = {"n_conversations": len(records)}
     result.update(_means(conversation_metrics(record, compat) for record in records))
     result.update(accuracy_by_turn(records))
+    result.update(by_group(records, compat))
+    return result
+
+
+GROUPED = ("agreement_correctness", "final_answer_accuracy")
+"""Metrics also reported per group (``record.metadata["groups"]``, e.g. Hi-ToM's question order)."""
+
+
+def by_group(records: Iterable[ConversationRecord], compat: bool = False) -> dict[str, float]:
+    """``<metric>[<key>=<value>]`` for the GROUPED metrics and ``n_conversations[...]``, per group a task names."""
+    members: dict[str, list[ConversationRecord]] = {}
+    for record in records:
+        for key, value in sorted(record.metadata.get("groups", {}).items()):
+            members.setdefault(f"{key}={value}", []).append(record)
+    result: dict[str, float] = {}
+    for label, group in sorted(members.items()):
+        means = _means(conversation_metrics(record, compat) for record in group)
+        result[f"n_conversations[{label}]"] = len(group)
+        result.update({f"{name}[{label}]": means[name] for name in GROUPED if name in means})
     return result
 
 

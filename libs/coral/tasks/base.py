@@ -125,5 +125,9 @@ class Task(ABC):
     async def equivalent(self, belief_a: str, belief_b: str, example: Example) -> bool:
         """The equivalence grading uses, applied between two beliefs."""
 
+    def groups(self, example: Example) -> dict[str, str]:
+        """Sub-populations the run's metrics are also reported for (e.g. Hi-ToM's question order)."""
+        return {}
+
     def close(self) -> None:
         """Release worker pools; the task stays usable (pools restart on demand)."""
