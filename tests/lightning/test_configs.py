@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import data_override
 from coral.errors import DataError
 from lightning_modules.datasets import CoralDataModule, ValSetArgs
 from lightning_modules.models import InteractionModule
@@ -27,7 +28,7 @@ def test_there_are_configs_to_check():
 @pytest.mark.parametrize("config", RUNNABLE, ids=lambda p: p.relative_to(ROOT).as_posix())
 def test_every_config_builds(config, tmp_path, monkeypatch):
     monkeypatch.chdir(ROOT)
-    cli = build("--config", str(config), "--trainer.default_root_dir", str(tmp_path))
+    cli = build("--config", str(config), "--trainer.default_root_dir", str(tmp_path), *data_override(config))
     assert isinstance(cli.model, InteractionModule) and isinstance(cli.datamodule, CoralDataModule)
     cli.datamodule.setup("validate")
     assert 0 < len(cli.datamodule.examples) <= (cli.datamodule.val_max_instances or 10**9)

@@ -19,7 +19,7 @@ async def test_identical_strings_need_no_pool() -> None:
 
 @pytest.mark.asyncio
 async def test_stuck_call_times_out_without_blocking_the_loop_or_later_calls() -> None:
-    equivalence = MathEquivalence(timeout_s=1.0, workers=2)
+    equivalence = MathEquivalence(timeout_s=4.0, workers=2)  # generous: CI machines can be busy
     try:
         assert await equivalence.equal("0.5", r"\frac12") is True  # starts (and warms) the pool
         first_pool = equivalence._pool
@@ -38,8 +38,8 @@ async def test_stuck_call_times_out_without_blocking_the_loop_or_later_calls() -
         ticking.cancel()
 
         assert (stuck, fine) == (False, True)
-        assert elapsed < 10
-        assert ticks >= 10  # the loop kept running while the worker was stuck
+        assert elapsed < 30
+        assert ticks >= 20  # the loop kept running while the worker was stuck
         assert equivalence._pool is not first_pool  # the stuck pool was replaced
         assert await equivalence.equal("2", "3") is False
         assert await equivalence.equal(r"(3, \frac{\pi}{2})", r"\left( 3, \frac{\pi}{2} \right)") is True

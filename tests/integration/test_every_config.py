@@ -1,0 +1,42 @@
+"""Every runnable config under configs/ runs end to end on the embedded model, on two examples.
+
+Runs in-process (one model load for all configs); turns are kept short so the whole set stays fast.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import data_override
+from coral.store import read_records
+from lightning_modules.trainer import main
+
+pytestmark = pytest.mark.timeout(900)
+
+ROOT = Path(__file__).resolve().parents[2]
+RUNNABLE = sorted(p for p in (ROOT / "configs").rglob("*.yaml") if p.parent.name != "common")
+
+@pytest.mark.parametrize("config", RUNNABLE, ids=lambda p: p.relative_to(ROOT / "configs").as_posix())
+def test_config_runs_end_to_end(config, tmp_path, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    args = [
+        "validate", "--config", str(config),
+        "--data.val_max_instances", "2",
+        "--model.max_turns", "2",
+        "--model.max_turn_tokens", "16",
+        "--model.extractor.max_tokens", "8",
+        "--trainer.default_root_dir", str(tmp_path),
+        "--trainer.logger", "false",
+        "--trainer.enable_progress_bar", "false",
+    ] + data_override(config)  # fmt: skip
+    main(args)
+    records = read_records(tmp_path)
+    assert len(records) == 2
+    for record in records:
+        assert record.stop_reason in ("agreement", "max_turns"), record.metadata
+        assert all(t.text and t.usage.completion_tokens > 0 and t.correct is not None for t in record.turns[1:])
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["n_conversations"] == 2 and metrics["conv_err"] == 0.0
