@@ -76,7 +76,7 @@ def test_missing_question_and_duplicates(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="rows.jsonl, line 1: field 'question': missing"):
         list(GSM8KTask().load(path))
     path.write_text('{"question": "q", "answer": "#### 1"}\n{"question": "q", "answer": "#### 2"}\n')
-    with pytest.raises(DataError, match="rows.jsonl, line 2: field 'question': duplicate question"):
+    with pytest.raises(DataError, match="rows.jsonl, line 2: field 'question': duplicate id"):
         list(GSM8KTask().load(path))
 
 

@@ -99,7 +99,7 @@ def test_empty_directory_and_duplicate_ids_fail(tmp_path: Path) -> None:
     path = tmp_path / "dup.jsonl"
     row = '{"problem": "a", "answer": "1", "unique_id": "u"}\n'
     path.write_text(row + row.replace('"a"', '"b"'))
-    with pytest.raises(DataError, match="dup.jsonl, line 2: field 'unique_id': duplicate problem id 'u'"):
+    with pytest.raises(DataError, match="dup.jsonl, line 2: field 'unique_id': duplicate id 'u'"):
         list(MathTask().load(path))
 
 

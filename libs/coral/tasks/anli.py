@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from coral.errors import DataError
-from coral.tasks.base import TASKS, Example, read_jsonl, require
+from coral.tasks.base import TASKS, Example, read_jsonl, require, unique_ids
 from coral.tasks.multiple_choice import MultipleChoiceTask, format_options
 
 CHOICES = ("entailment", "neutral", "contradiction")
@@ -43,13 +43,8 @@ class ANLITask(MultipleChoiceTask):
 
     def load(self, path: str | Path) -> Iterator[Example]:
         path_round = round_from_path(path)
-        seen: set[str] = set()
-        for line, row in read_jsonl(path):
-            example = self._from_row(path, line, row, path_round)
-            if example.id in seen:
-                raise DataError(path, line, "uid", f"duplicate id {example.id!r}")
-            seen.add(example.id)
-            yield example
+        rows = read_jsonl(path)
+        return unique_ids(((path, line, self._from_row(path, line, row, path_round)) for line, row in rows), "uid")
 
     def _from_row(self, path: str | Path, line: int, row: dict[str, Any], path_round: int | None) -> Example:
         uid = require(row, "uid", str, path, line)

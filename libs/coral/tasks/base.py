@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -67,6 +67,16 @@ def require(row: Mapping[str, Any], name: str, kind: type | tuple[type, ...], pa
         expected = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
         raise DataError(path, line, name, f"expected {expected}, got {type(value).__name__}")
     return value
+
+
+def unique_ids(located: Iterable[tuple[object, int | None, Example]], field: str) -> Iterator[Example]:
+    """Yield (file, line, example) examples in order, failing on a repeated id: ids key the results store."""
+    seen: set[str] = set()
+    for where, line, example in located:
+        if example.id in seen:
+            raise DataError(where, line, field, f"duplicate id {example.id!r}")
+        seen.add(example.id)
+        yield example
 
 
 class Task(ABC):

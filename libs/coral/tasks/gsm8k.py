@@ -20,17 +20,16 @@ from pathlib import Path
 from typing import Any
 
 from coral.errors import DataError
-from coral.tasks.base import NOT_SURE, TASKS, Example, Task, read_jsonl, require, stable_id
+from coral.tasks.base import NOT_SURE, TASKS, Example, read_jsonl, require, stable_id, unique_ids
 from coral.tasks.boxed import iter_boxed, last_boxed
-from coral.tasks.judge_prompt import judge_messages
-from coral.tasks.math_equivalence import MathEquivalence
+from coral.tasks.math import MathTask
 
 
 @TASKS.register("gsm8k")
-class GSM8KTask(Task):
-    r"""GSM8K with a boxed numeric final answer.
+class GSM8KTask(MathTask):
+    r"""GSM8K with a boxed numeric final answer: MATH's prompts and pool, GSM8K's loader, parser and grader.
 
-    Args:
+    Args (as MathTask's):
         compat: agree by string equality of beliefs, as the reference did for MATH (grading is unchanged).
         timeout_s: longest one math-verify check may run before it counts as "not equivalent".
         workers: math-verify worker processes (started only when a comparison is not plain numbers).
@@ -40,18 +39,9 @@ class GSM8KTask(Task):
     topic = "math word"
     answer_format = r"Write your final answer as a number in a LaTeX box, for example $\boxed{42}$."
 
-    def __init__(self, compat: bool = False, timeout_s: float = 5.0, workers: int = 2) -> None:
-        super().__init__(compat=compat)
-        self._equivalence = MathEquivalence(timeout_s=timeout_s, workers=workers)
-
     def load(self, path: str | Path) -> Iterator[Example]:
-        seen: set[str] = set()
-        for line, row in read_jsonl(path):
-            example = self._from_row(path, line, row)
-            if example.id in seen:
-                raise DataError(path, line, "question", f"duplicate question (id {example.id!r})")
-            seen.add(example.id)
-            yield example
+        rows = read_jsonl(path)
+        return unique_ids(((path, line, self._from_row(path, line, row)) for line, row in rows), "question")
 
     def _from_row(self, path: str | Path, line: int, row: dict[str, Any]) -> Example:
         question = require(row, "question", str, path, line)
@@ -65,16 +55,6 @@ class GSM8KTask(Task):
             raise DataError(path, line, "answer", f"final answer after '####' is not a number: {gold!r}")
         gold = gold.replace(",", "")
         return Example(id=stable_id(question), task=self.name, question=question, answer=gold, source=row)
-
-    def opening_message(self, example: Example) -> str:
-        return f'I\'m trying to solve this math problem: "{example.question}"'
-
-    def extraction_prompt(self, example: Example, text: str) -> list[dict[str, str]]:
-        return judge_messages(
-            [("The original question:", example.question)],
-            text,
-            f'Extract the answer in $\\boxed{{}}$ format, or say "{NOT_SURE}".',
-        )
 
     def parse_belief(self, text: str, example: Example) -> str | None:
         """The last box; without one, the last "#### N" or "the answer is N" (GSM8K's own solution styles)."""
@@ -104,9 +84,6 @@ class GSM8KTask(Task):
         if a is not None and b is not None:
             return a == b
         return await self._equivalence.equal(belief_a, belief_b)
-
-    def close(self) -> None:
-        self._equivalence.close()
 
 
 _NUMBER = r"""(?>-?\d[\d,]*(?:\.\d+)?)(?=\s*(?:$|[.,;:!?)*%$\\"'\]])|\s+[A-Za-z])"""

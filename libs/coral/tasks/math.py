@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from coral.errors import DataError
-from coral.tasks.base import NOT_SURE, TASKS, Example, Task, read_jsonl, require, stable_id
+from coral.tasks.base import NOT_SURE, TASKS, Example, Task, read_jsonl, require, stable_id, unique_ids
 from coral.tasks.boxed import iter_boxed, last_boxed
 from coral.tasks.judge_prompt import judge_messages
 from coral.tasks.math_equivalence import MathEquivalence
@@ -62,12 +62,7 @@ class MathTask(Task):
             located = iter([(path, None, self._from_problem_file(path))])
         else:
             located = ((path, line, self._from_jsonl_row(path, line, row)) for line, row in read_jsonl(path))
-        seen: set[str] = set()
-        for where, line, example in located:
-            if example.id in seen:
-                raise DataError(where, line, "unique_id", f"duplicate problem id {example.id!r}")
-            seen.add(example.id)
-            yield example
+        yield from unique_ids(located, "unique_id")
 
     def _from_jsonl_row(self, path: Path, line: int, row: dict[str, Any]) -> Example:
         problem = _non_empty(row, "problem", path, line)

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from coral.errors import DataError
-from coral.tasks.base import TASKS, Example, read_jsonl, require
+from coral.tasks.base import TASKS, Example, read_jsonl, require, unique_ids
 from coral.tasks.multiple_choice import MultipleChoiceTask, format_options
 
 CHOICES = ("Yes, the code is correct", "No, the code is incorrect")
@@ -28,13 +28,8 @@ class MBPPCRTask(MultipleChoiceTask):
     topic = "code reasoning"
 
     def load(self, path: str | Path) -> Iterator[Example]:
-        seen: set[str] = set()
-        for line, row in read_jsonl(path):
-            example = self._from_row(path, line, row)
-            if example.id in seen:
-                raise DataError(path, line, "id", f"duplicate id {example.id!r}")
-            seen.add(example.id)
-            yield example
+        rows = read_jsonl(path)
+        return unique_ids(((path, line, self._from_row(path, line, row)) for line, row in rows), "id")
 
     def _from_row(self, path: str | Path, line: int, row: dict[str, Any]) -> Example:
         example_id = require(row, "id", str, path, line)

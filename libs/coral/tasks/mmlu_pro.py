@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from coral.errors import DataError
-from coral.tasks.base import TASKS, Example, read_jsonl, require, stable_id
+from coral.tasks.base import TASKS, Example, read_jsonl, require, stable_id, unique_ids
 from coral.tasks.multiple_choice import MultipleChoiceTask, require_letter, require_options
 
 MAX_OPTIONS = 10
@@ -27,13 +27,8 @@ class MMLUProTask(MultipleChoiceTask):
     topic = "reasoning-focused question answering"
 
     def load(self, path: str | Path) -> Iterator[Example]:
-        seen: set[str] = set()
-        for line, row in read_jsonl(path):
-            example = self._from_row(path, line, row)
-            if example.id in seen:
-                raise DataError(path, line, "question_id", f"duplicate id {example.id!r}")
-            seen.add(example.id)
-            yield example
+        rows = read_jsonl(path)
+        return unique_ids(((path, line, self._from_row(path, line, row)) for line, row in rows), "question_id")
 
     def _from_row(self, path: str | Path, line: int, row: dict[str, Any]) -> Example:
         question = require(row, "question", str, path, line)
