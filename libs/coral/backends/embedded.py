@@ -42,7 +42,7 @@ class EngineConfig:
         threads: torch threads for the worker (None: torch's default, one per core).
         dtype: weights' dtype, ``float32`` or ``bfloat16``. float32 is batch-invariant (a request's tokens never
             depend on its neighbours, so runs and resumes reproduce exactly); bfloat16 is about 1.5x faster on CPUs
-            with native bf16 matrix instructions but its large matrix products are not row-invariant.
+            with native bf16 matrix instructions, but its kernels are not covered by the invariance check.
             Attention and the KV cache stay float32 either way.
     """
 
