@@ -89,6 +89,7 @@ class _PrefixCache:
         self.budget = budget_bytes
         self._entries: OrderedDict[tuple[str, int], tuple[list[int], packed.KVStore]] = OrderedDict()
         self._counter = 0
+        self._bytes = 0
 
     def take(self, session_id: str, prompt: list[int]) -> tuple[int, packed.KVStore | None]:
         """Remove and return the session's entry sharing the longest prefix with ``prompt``."""
@@ -102,6 +103,7 @@ class _PrefixCache:
         if best is None:
             return 0, None
         _, kv = self._entries.pop(best)
+        self._bytes -= kv.nbytes()
         usable = min(best_len, len(prompt) - 1)  # at least one token must run to produce logits
         kv.truncate(usable)
         return usable, kv
@@ -109,12 +111,13 @@ class _PrefixCache:
     def put(self, session_id: str, tokens: list[int], kv: packed.KVStore) -> None:
         self._counter += 1
         self._entries[(session_id, self._counter)] = (tokens, kv)
-        while sum(entry[1].nbytes() for entry in self._entries.values()) > self.budget and self._entries:
-            self._entries.popitem(last=False)
+        self._bytes += kv.nbytes()
+        while self._bytes > self.budget and self._entries:
+            self._bytes -= self._entries.popitem(last=False)[1][1].nbytes()
 
     def drop(self, session_id: str) -> None:
         for key in [k for k in self._entries if k[0] == session_id]:
-            del self._entries[key]
+            self._bytes -= self._entries.pop(key)[1].nbytes()
 
 
 def _common_prefix(a: list[int], b: list[int]) -> int:
@@ -153,9 +156,6 @@ class EmbeddedEngine:
         self._cache = _PrefixCache(config.prefix_cache_mb * 2**20)
         self._thread = threading.Thread(target=self._run, name=f"coral-engine-{model}", daemon=True)
         self._thread.start()
-        self.steps = 0
-        self.prompt_tokens = 0
-        self.computed_prompt_tokens = 0
 
     # ----------------------------------------------------------------- client side (any thread / event loop)
     def submit(self, messages: list[Message], sampling: SamplingParams, n: int, session_id: str | None) -> asyncio.Future:
@@ -263,8 +263,6 @@ class EmbeddedEngine:
         if request.session_id is not None:
             reused, kv = self._cache.take(request.session_id, prompt)
         request.cached = reused
-        self.prompt_tokens += len(prompt)
-        self.computed_prompt_tokens += len(prompt) - reused
         kv = kv or packed.KVStore(*self._kv_shape)
         return _Sequence(request, 0, kv, prompt[reused:], self._generator(request.sampling, 0), fed=prompt[:reused])
 
@@ -282,7 +280,6 @@ class EmbeddedEngine:
             log.exception("engine step failed")
             self._fail_all(running, BackendError(f"engine step failed: {exc}"))
             return []
-        self.steps += 1
         still = []
         for seq, row in zip(running, logits):
             seq.fed.extend(seq.feed)

@@ -99,7 +99,7 @@ def packed_attention(
     """Attention for a packed row; ``kwargs['segments']`` says which tokens belong to which sequence."""
     segments: list[Segment] = kwargs["segments"]
     layer = module.layer_idx
-    heads, head_dim = query.shape[1], query.shape[3]
+    head_dim = query.shape[3]
     scale = scaling if scaling is not None else head_dim**-0.5
     outputs = []
     for seg in segments:
