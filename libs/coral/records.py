@@ -31,6 +31,11 @@ class Turn:
     "not sure yet"). ``belief_class`` numbers the distinct beliefs of one conversation under the task's
     equivalence (``0.5`` and ``\\frac12`` share a class on MATH), so social metrics can compare beliefs without
     re-running the grader.
+
+    Tree mode (``beam_size > 1``): the turn is the candidate that continued the conversation, and ``siblings``
+    are the other candidates generated from the same prefix (every earlier turn of the record), each annotated
+    with its own seed, belief and grade. Errored candidates are kept as siblings (with ``error``) but never
+    continue the conversation. Siblings have no siblings of their own.
     """
 
     index: int
@@ -51,6 +56,7 @@ class Turn:
     agreement: bool = False
     error: str | None = None
     attempts: int = 1
+    replica: str | None = None  # the server replica that generated the turn (served backends)
     siblings: list[Turn] = field(default_factory=list)
 
     @property
@@ -82,6 +88,7 @@ class ConversationRecord:
     stop_reason: str  # "agreement" | "max_turns" | "error"
     max_turns: int
     gold: str | None = None
+    system_prompts: dict[str, str] = field(default_factory=dict)  # speaker -> system prompt it was given
     metadata: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, float | None] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -23,6 +24,17 @@ class Completion:
     latency_s: float
     cached_prompt_tokens: int = 0
     """Prompt tokens whose keys and values were reused from an earlier request instead of recomputed."""
+    replica: str | None = None
+    """Which server replica answered (served backends); lets tests and reports check sticky routing."""
+
+
+@dataclass(frozen=True)
+class Delta:
+    """A piece of a streamed completion: new text of choice ``index``; the last piece carries the Completion."""
+
+    index: int
+    text: str
+    completion: Completion | None = None
 
 
 class BackendError(RuntimeError):
@@ -56,6 +68,25 @@ class ChatBackend(Protocol):
         ...
 
     async def aclose(self) -> None: ...
+
+
+async def stream_chat(
+    backend: ChatBackend,
+    messages: list[Message],
+    sampling: SamplingParams,
+    *,
+    model: str | None = None,
+    n: int = 1,
+    session_id: str | None = None,
+) -> AsyncIterator[Delta]:
+    """Stream a chat request: token pieces where the backend streams (``chat_stream``), else one piece per choice."""
+    if hasattr(backend, "chat_stream"):
+        async for delta in backend.chat_stream(messages, sampling, model=model, n=n, session_id=session_id):
+            yield delta
+        return
+    completions = await backend.chat(messages, sampling, model=model, n=n, session_id=session_id)
+    for index, completion in enumerate(completions):
+        yield Delta(index, completion.text, completion)
 
 
 BACKENDS: Registry[ChatBackend] = Registry("backend")

@@ -7,29 +7,15 @@ protocol (N-agent debate, generator -> verifier -> refiner) needs no change to e
 
 from __future__ import annotations
 
-import asyncio
-import random
 from dataclasses import dataclass, field
 
-from coral.backends.base import BackendError, Message
+from coral.backends.base import Completion, Message
+from coral.backends.retry import RetryPolicy, call_with_retries
 from coral.beliefs import BeliefExtractor
 from coral.conversation.agent import Agent
 from coral.records import ConversationRecord, Turn, Usage
 from coral.seeding import derive_seed
 from coral.tasks.base import Example, Task
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    """How failed generation requests are retried: exponential backoff with seeded jitter.
-
-    Args:
-        attempts: total tries per turn (1 = no retry).
-        backoff_s: the first wait; doubles each retry, plus up to 50% jitter.
-    """
-
-    attempts: int = 3
-    backoff_s: float = 1.0
 
 
 @dataclass
@@ -59,33 +45,21 @@ class ConversationContext:
         """Ask ``speaker`` for turn ``index``; a request that still fails after retries yields an errored turn."""
         agent = self.agents[speaker]
         seed = self.seed("turn", index, branch)
-        jitter = random.Random(seed)
-        error = None
-        for attempt in range(1, self.retry.attempts + 1):
-            try:
-                completion = (
-                    await agent.backend.chat(
-                        messages, agent.sampling.with_seed(seed), model=agent.model, session_id=self.session_id
-                    )
-                )[0]
-            except Exception as exc:  # noqa: BLE001 - errors are data: recorded on the turn
-                error = f"{type(exc).__name__}: {exc}"
-                if isinstance(exc, BackendError) and not exc.retryable or attempt == self.retry.attempts:
-                    break
-                await asyncio.sleep(self.retry.backoff_s * 2 ** (attempt - 1) * (1 + jitter.random() / 2))
-                continue
-            return Turn(
-                index=index,
-                speaker=speaker,
-                text=completion.text,
-                model=agent.model,
-                seed=seed,
-                usage=Usage(completion.prompt_tokens, completion.completion_tokens),
-                latency_s=round(completion.latency_s, 4),
-                finish_reason=completion.finish_reason,
-                attempts=attempt,
+        attempts = 0
+
+        async def ask():
+            nonlocal attempts
+            attempts += 1
+            return await agent.backend.chat(
+                messages, agent.sampling.with_seed(seed), model=agent.model, session_id=self.session_id
             )
-        return Turn(index=index, speaker=speaker, text="", model=agent.model, seed=seed, error=error, attempts=attempt)
+
+        try:
+            completions, _ = await call_with_retries(ask, self.retry, seed)
+        except Exception as exc:  # noqa: BLE001 - errors are data: recorded on the turn
+            error = f"{type(exc).__name__}: {exc}"
+            return Turn(index=index, speaker=speaker, text="", model=agent.model, seed=seed, error=error, attempts=attempts)
+        return turn_from(completions[0], index, speaker, agent.model, seed, attempts)
 
     async def annotate(self, turn: Turn) -> Turn:
         """Extract the turn's belief, grade it and give it a belief class (in place; returns the turn)."""
@@ -125,9 +99,26 @@ class ConversationContext:
             config_hash=self.config_hash,
             protocol=protocol,
             agents={name: agent.model for name, agent in self.agents.items()},
+            system_prompts={name: agent.system_prompt for name, agent in self.agents.items()},
             turns=turns,
             stop_reason=stop_reason,
             max_turns=self.max_turns,
             gold=self.example.answer,
             metadata={"groups": groups} if (groups := self.task.groups(self.example)) else {},
         )
+
+
+def turn_from(completion: Completion, index: int, speaker: str, model: str, seed: int, attempts: int = 1) -> Turn:
+    """The (not yet annotated) turn a completion becomes."""
+    return Turn(
+        index=index,
+        speaker=speaker,
+        text=completion.text,
+        model=model,
+        seed=seed,
+        usage=Usage(completion.prompt_tokens, completion.completion_tokens),
+        latency_s=round(completion.latency_s, 4),
+        finish_reason=completion.finish_reason,
+        attempts=attempts,
+        replica=completion.replica,
+    )

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 
 from coral.beliefs import BeliefExtractor
 from coral.conversation.agent import Agent
-from coral.conversation.context import ConversationContext, RetryPolicy
+from coral.backends.retry import RetryPolicy
+from coral.conversation.context import ConversationContext
 from coral.conversation.protocols import Protocol
 from coral.metrics import conversation_metrics
 from coral.records import ConversationRecord
