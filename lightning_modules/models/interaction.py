@@ -21,6 +21,7 @@ from coral.backends import ChatBackend, EmbeddedBackend, EngineConfig
 from coral.backends.models import DEFAULT_MODEL
 from coral.beliefs import BeliefExtractor
 from coral.conversation import PROTOCOLS, Agent, ConversationRunner, RetryPolicy
+from coral.conversation.tree import strategy
 from coral.metrics import summary_table, write_metrics
 from coral.sampling import SamplingParams
 from coral.store import ResultStore, read_records
@@ -60,7 +61,13 @@ class InteractionModule(LightningModule):
         max_turns: most generated turns per conversation (the CoT baseline uses 1).
         sampling_temp: the agents' temperature.
         top_p: the agents' nucleus mass.
-        sampling_n: independent conversations per example.
+        sampling_n: independent conversations (trees, when ``beam_size > 1``) per example.
+        beam_size: candidates generated at every turn; above 1 each conversation is sampled as a tree whose
+            siblings are graded and stored (the Coral paper's tree sampling; 1 = plain conversations).
+        expansion_strategy: which candidate continues the tree: ``random`` (paper), ``stratified``
+            (correct/incorrect coin), ``diversity`` (distinct beliefs equally likely).
+        single_request_expansion: ask for a turn's candidates in one request with ``n`` (one prefill, the
+            reference's way) rather than one request per candidate.
         max_turn_tokens: most tokens per generated turn (None: 1024, the reference client's default).
         max_n_processes: most conversations in flight at once (per rank).
         request_timeout: seconds before a model request is abandoned (then retried).
@@ -81,6 +88,9 @@ class InteractionModule(LightningModule):
         sampling_temp: float = 0.2,
         top_p: float = 0.9,
         sampling_n: int = 1,
+        beam_size: int = 1,
+        expansion_strategy: str = "random",
+        single_request_expansion: bool = True,
         max_turn_tokens: int | None = None,
         max_n_processes: int = 100,
         request_timeout: float = 600.0,
@@ -90,8 +100,9 @@ class InteractionModule(LightningModule):
         compat_metrics: bool = False,
     ) -> None:
         super().__init__()
-        if max_turns < 1 or sampling_n < 1 or max_n_processes < 1:
-            raise ValueError("max_turns, sampling_n and max_n_processes must be >= 1")
+        if min(max_turns, sampling_n, beam_size, max_n_processes) < 1:
+            raise ValueError("max_turns, sampling_n, beam_size and max_n_processes must be >= 1")
+        strategy(expansion_strategy)  # an unknown strategy fails at parse time
         self.save_hyperparameters()
         self.extractor_config = extractor
         self.engine_config = engine
@@ -162,6 +173,9 @@ class InteractionModule(LightningModule):
             max_turns=self.hparams.max_turns,
             concurrency=self.hparams.max_n_processes,
             retry=self.retry,
+            beam_size=self.hparams.beam_size,
+            expansion=self.hparams.expansion_strategy,
+            single_request_expansion=self.hparams.single_request_expansion,
         )
         shard = batch[self.global_rank :: self.trainer.world_size]
         work = runner.pending(shard, self.hparams.sampling_n)

@@ -7,12 +7,15 @@ protocol (N-agent debate, generator -> verifier -> refiner) needs no change to e
 
 from __future__ import annotations
 
+import asyncio
+import random
 from dataclasses import dataclass, field
 
 from coral.backends.base import Completion, Message
 from coral.backends.retry import RetryPolicy, call_with_retries
 from coral.beliefs import BeliefExtractor
 from coral.conversation.agent import Agent
+from coral.conversation.tree import continue_with, strategy
 from coral.records import ConversationRecord, Turn, Usage
 from coral.seeding import derive_seed
 from coral.tasks.base import Example, Task
@@ -31,6 +34,9 @@ class ConversationContext:
     config_hash: str
     max_turns: int
     retry: RetryPolicy = field(default_factory=RetryPolicy)
+    beam_size: int = 1
+    expansion: str = "random"
+    single_request_expansion: bool = True
     _classes: list[str] = field(default_factory=list)
 
     @property
@@ -41,40 +47,66 @@ class ConversationContext:
     def seed(self, *coordinates: object) -> int:
         return derive_seed(self.run_seed, self.example.id, self.sample_index, *coordinates)
 
+    async def next_turn(self, speaker: str, messages: list[Message], index: int) -> Turn:
+        """Turn ``index``, annotated: one generation, or in tree mode the picked one of ``beam_size`` candidates."""
+        if self.beam_size == 1:
+            return await self.annotate(await self.generate(speaker, messages, index))
+        candidates = await self._candidates(speaker, messages, index)
+        await asyncio.gather(*(self._extract_and_grade(c) for c in candidates))
+        for candidate in candidates:  # classes numbered in candidate order, not completion order
+            if candidate.belief is not None:
+                candidate.belief_class = await self._belief_class(candidate.belief)
+        return continue_with(candidates, strategy(self.expansion), random.Random(self.seed("pick", index)))
+
     async def generate(self, speaker: str, messages: list[Message], index: int, branch: int = 0) -> Turn:
         """Ask ``speaker`` for turn ``index``; a request that still fails after retries yields an errored turn."""
+        return (await self._ask(speaker, messages, index, self.seed("turn", index, branch), 1))[0]
+
+    async def _candidates(self, speaker: str, messages: list[Message], index: int) -> list[Turn]:
+        """``beam_size`` candidates from one request with ``n`` (seeds s, s+1, ...) or from one request each."""
+        if self.single_request_expansion:
+            return await self._ask(speaker, messages, index, self.seed("turn", index, 0), self.beam_size)
+        branches = [self.generate(speaker, messages, index, branch) for branch in range(self.beam_size)]
+        return list(await asyncio.gather(*branches))
+
+    async def _ask(self, speaker: str, messages: list[Message], index: int, seed: int, n: int) -> list[Turn]:
         agent = self.agents[speaker]
-        seed = self.seed("turn", index, branch)
         attempts = 0
 
         async def ask():
             nonlocal attempts
             attempts += 1
-            return await agent.backend.chat(
-                messages, agent.sampling.with_seed(seed), model=agent.model, session_id=self.session_id
-            )
+            sampling = agent.sampling.with_seed(seed)
+            return await agent.backend.chat(messages, sampling, model=agent.model, n=n, session_id=self.session_id)
 
         try:
             completions, _ = await call_with_retries(ask, self.retry, seed)
         except Exception as exc:  # noqa: BLE001 - errors are data: recorded on the turn
             error = f"{type(exc).__name__}: {exc}"
-            return Turn(index=index, speaker=speaker, text="", model=agent.model, seed=seed, error=error, attempts=attempts)
-        return turn_from(completions[0], index, speaker, agent.model, seed, attempts)
+            return [
+                Turn(index=index, speaker=speaker, text="", model=agent.model, seed=seed + i, error=error, attempts=attempts)
+                for i in range(n)
+            ]
+        return [turn_from(c, index, speaker, agent.model, seed + i, attempts) for i, c in enumerate(completions)]
 
     async def annotate(self, turn: Turn) -> Turn:
         """Extract the turn's belief, grade it and give it a belief class (in place; returns the turn)."""
+        await self._extract_and_grade(turn)
+        if turn.belief is not None:
+            turn.belief_class = await self._belief_class(turn.belief)
+        return turn
+
+    async def _extract_and_grade(self, turn: Turn) -> None:
         if turn.error is not None:
-            return turn
+            return
         found = await self.extractor.extract(
-            self.task, self.example, turn.text, seed=self.seed("judge", turn.index), session_id=self.session_id
+            self.task, self.example, turn.text, seed=self.seed("judge", turn.index, turn.seed), session_id=self.session_id
         )
         turn.belief, turn.belief_method, turn.extraction_error = found.belief, found.method, found.error
         turn.extraction_usage = Usage(found.prompt_tokens, found.completion_tokens)
         turn.correct = False
         if turn.belief is not None:
             turn.correct = await self.task.grade(turn.belief, self.example)
-            turn.belief_class = await self._belief_class(turn.belief)
-        return turn
 
     async def _belief_class(self, belief: str) -> int:
         """Number distinct beliefs of this conversation under the task's agreement relation."""

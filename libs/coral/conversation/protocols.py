@@ -64,14 +64,15 @@ class CoralProtocol(Protocol):
         for index in range(1, ctx.max_turns + 1):
             speaker = answerer if turns[-1].speaker == self.asker else self.asker
             view = agent_view(ctx.agents[speaker].system_prompt, speaker, turns)
-            turn = await ctx.generate(speaker, view, index)
+            turn = await ctx.next_turn(speaker, view, index)
+            partner_turn = latest_turn_of(turns, self.asker if speaker == answerer else answerer)
             turns.append(turn)
             if turn.error is not None:
                 stop_reason = "error"
                 break
-            await ctx.annotate(turn)
-            partner = self.asker if speaker == answerer else answerer
-            if await ctx.agree(turn, latest_turn_of(turns, partner)):
+            for sibling in turn.siblings:  # recorded for training data (agreeing while wrong), never continued
+                sibling.agreement = await ctx.agree(sibling, partner_turn)
+            if await ctx.agree(turn, partner_turn):
                 turn.agreement = True
                 stop_reason = "agreement"
                 break

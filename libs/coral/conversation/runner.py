@@ -42,6 +42,9 @@ class ConversationRunner:
         max_turns: most generated turns per conversation.
         concurrency: most conversations in flight at once.
         retry: retry policy for generation requests.
+        beam_size: candidates per turn; above 1 the conversation is sampled as a tree (see coral.conversation.tree).
+        expansion: which candidate continues (``random``, ``stratified``, ``diversity``).
+        single_request_expansion: ask for the candidates in one request with ``n`` (one prefill) or one each.
     """
 
     protocol: Protocol
@@ -54,6 +57,9 @@ class ConversationRunner:
     max_turns: int = 20
     concurrency: int = 100
     retry: RetryPolicy = RetryPolicy()
+    beam_size: int = 1
+    expansion: str = "random"
+    single_request_expansion: bool = True
 
     def pending(self, examples: Iterable[Example], samples: int) -> list[tuple[Example, int]]:
         return [(ex, s) for ex in examples for s in range(samples) if (ex.id, s) not in self.store.done]
@@ -93,6 +99,9 @@ class ConversationRunner:
             config_hash=self.config_hash,
             max_turns=self.max_turns,
             retry=self.retry,
+            beam_size=self.beam_size,
+            expansion=self.expansion,
+            single_request_expansion=self.single_request_expansion,
         )
         try:
             record = await self.protocol.run(ctx)
