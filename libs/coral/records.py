@@ -34,7 +34,7 @@ class Turn:
 
     Tree mode (``beam_size > 1``): the turn is the candidate that continued the conversation, and ``siblings``
     are the other candidates generated from the same prefix (every earlier turn of the record), each annotated
-    with its own seed, belief and grade. Errored candidates are kept as siblings (with ``error``) but never
+    with its own seed, belief, grade and agreement (with the partner's latest belief). Errored candidates are kept as siblings (with ``error``) but never
     continue the conversation. Siblings have no siblings of their own.
     """
 

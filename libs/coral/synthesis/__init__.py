@@ -1,1 +1,2 @@
-"""Synthesis: building datasets from model outputs (MBPP-CR today; SFT / DPO data from conversation records next)."""
+"""Synthesis: datasets from model outputs: MBPP-CR (mbpp_cr_builder), DPO pairs from tree records (preferences),
+SFT examples (sft), and their TRL / fairseq2 files (formats)."""
