@@ -1,20 +1,28 @@
 """Model backends: the ChatBackend interface and its implementations.
 
-``embedded`` (in-process transformers engine, the default) and ``scripted`` (answers from a function, for fast
-tests). The embedded backend imports torch, so it is loaded only when first asked for.
+``embedded`` (in-process transformers engine, the default), ``scripted`` (answers from a function, for fast
+tests), ``openai_http`` (any OpenAI-compatible server) and ``grpc`` (coral's gRPC service).
 """
 
+import importlib
 from typing import Any
 
 from coral.backends.base import BACKENDS, BackendError, ChatBackend, Completion, Message
 from coral.backends.scripted import ScriptedBackend
 
 
-def __getattr__(name: str) -> Any:
-    if name in ("EmbeddedBackend", "EngineConfig"):
-        from coral.backends import embedded
+_LAZY = {
+    "EmbeddedBackend": "coral.backends.embedded",
+    "EngineConfig": "coral.backends.embedded",
+    "OpenAIHTTPBackend": "coral.backends.http",
+    "GrpcBackend": "coral.backends.grpc_client",
+}
+"""Backends whose modules import heavy packages (torch, aiohttp, grpc) load when first asked for."""
 
-        return getattr(embedded, name)
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(name)
 
 
@@ -25,6 +33,8 @@ __all__ = [
     "Completion",
     "EmbeddedBackend",
     "EngineConfig",
+    "GrpcBackend",
     "Message",
+    "OpenAIHTTPBackend",
     "ScriptedBackend",
 ]

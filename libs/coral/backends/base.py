@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -78,7 +78,7 @@ async def stream_chat(
     model: str | None = None,
     n: int = 1,
     session_id: str | None = None,
-) -> AsyncIterator[Delta]:
+) -> AsyncGenerator[Delta, None]:
     """Stream a chat request: token pieces where the backend streams (``chat_stream``), else one piece per choice."""
     if hasattr(backend, "chat_stream"):
         async for delta in backend.chat_stream(messages, sampling, model=model, n=n, session_id=session_id):

@@ -1,0 +1,355 @@
+"""An OpenAI-compatible HTTP API in front of any ChatBackend (in practice the embedded engine).
+
+Thin layers (STYLE 6): the routes only move data; ``ChatCompletionRequest`` validates a request and turns itself
+into ``SamplingParams``; the backend does the work. Every error is OpenAI-shaped JSON
+(``{"error": {"message", "type", "param", "code"}}``) so OpenAI clients report it properly.
+
+The app keeps all its state in its closure, so the same object can be served by uvicorn or used as a Ray Serve
+ingress. Each answer names the replica that produced it (top-level ``replica`` and the ``x-coral-replica``
+header), which lets clients and tests check sticky routing; the conversation id arrives in Ray Serve's
+``serve_multiplexed_model_id`` header and reaches the backend as ``session_id``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import secrets
+import socket
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException
+
+from coral.backends.base import BackendError, ChatBackend, Completion, Delta, stream_chat
+from coral.backends.http import REPLICA_HEADER, SESSION_HEADER
+from coral.sampling import SamplingParams
+
+log = logging.getLogger(__name__)
+
+MAX_N = 128
+"""Most completions one request may ask for."""
+
+
+class APIError(Exception):
+    """An error answer: HTTP status plus OpenAI's error fields."""
+
+    def __init__(self, status: int, message: str, type: str, code: str | None = None, param: str | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.type, self.code, self.param = status, message, type, code, param
+
+    def response(self) -> JSONResponse:
+        body = {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+        headers = {"WWW-Authenticate": "Bearer"} if self.status == 401 else None
+        return JSONResponse(body, status_code=self.status, headers=headers)
+
+
+# ---------------------------------------------------------------------------------------------- request schema
+class TextPart(BaseModel):
+    """A text part of a message's content (OpenAI's list form); other part types are not served."""
+
+    type: Literal["text"]
+    text: str
+
+
+class ChatMessage(BaseModel):
+    role: Literal["system", "user", "assistant"]
+    content: str | list[TextPart]
+
+    def as_message(self) -> dict[str, str]:
+        text = self.content if isinstance(self.content, str) else "".join(part.text for part in self.content)
+        return {"role": self.role, "content": text}
+
+
+class StreamOptions(BaseModel):
+    include_usage: bool = False
+
+
+class ChatCompletionRequest(BaseModel):
+    """The served subset of OpenAI's chat request. Unknown fields are ignored, as OpenAI clients send many.
+
+    Defaults follow OpenAI (temperature 1, top_p 1); without ``max_tokens`` / ``max_completion_tokens`` the
+    SamplingParams default applies. Value ranges are SamplingParams' own, checked when converting.
+    """
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: str
+    messages: list[ChatMessage] = Field(min_length=1)
+    temperature: float | None = None
+    top_p: float | None = None
+    max_tokens: int | None = None
+    max_completion_tokens: int | None = None
+    n: int = Field(1, ge=1, le=MAX_N)
+    seed: int | None = None
+    stop: Annotated[str, Field(min_length=1)] | list[Annotated[str, Field(min_length=1)]] | None = None
+    ignore_eos: bool = False
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+
+    def sampling(self) -> SamplingParams:
+        """The request's sampling parameters; an out-of-range value is a 400 naming the field."""
+        fields: dict[str, Any] = {
+            "temperature": 1.0 if self.temperature is None else self.temperature,
+            "top_p": 1.0 if self.top_p is None else self.top_p,
+            "seed": self.seed,
+            "stop": (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ()),
+            "ignore_eos": self.ignore_eos,
+        }
+        max_tokens = self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
+        if max_tokens is not None:
+            fields["max_tokens"] = max_tokens
+        try:
+            return SamplingParams(**fields)
+        except ValueError as exc:
+            field = re.search(r"SamplingParams\.(\w+)", str(exc))
+            raise APIError(400, str(exc), "invalid_request_error", "invalid_value", field and field.group(1)) from None
+
+    def chat_messages(self) -> list[dict[str, str]]:
+        return [message.as_message() for message in self.messages]
+
+
+# ---------------------------------------------------------------------------------------------- the app
+def build_openai_app(
+    backend: ChatBackend,
+    model_names: Sequence[str] | Mapping[str, str],
+    *,
+    token: str | None = None,
+    replica: str | Callable[[], str] | None = None,
+) -> FastAPI:
+    """An OpenAI-compatible app serving ``backend``.
+
+    Args:
+        backend: answers the requests.
+        model_names: the names clients may ask for. A list passes the name to the backend as its model; a mapping
+            {served name: backend model} serves a model under another name.
+        token: when set, every ``/v1`` route needs ``Authorization: Bearer <token>``; ``/health`` never does.
+        replica: this replica's name in answers, or a function giving it per request (e.g. Ray Serve's replica id);
+            default: ``<hostname>:<pid>``.
+    """
+    served = dict(model_names) if isinstance(model_names, Mapping) else {name: name for name in model_names}
+    if not served:
+        raise ValueError("build_openai_app: model_names is empty; name at least one model to serve")
+    default_replica = f"{socket.gethostname()}:{os.getpid()}"
+    created = int(time.time())
+
+    def replica_name() -> str:
+        if callable(replica):
+            return replica()
+        return replica or default_replica
+
+    def require_token(request: Request) -> None:
+        if token is None:
+            return
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not secrets.compare_digest(given.strip().encode(), token.encode()):
+            raise APIError(401, "missing or wrong bearer token (Authorization: Bearer <token>)", "authentication_error", "invalid_api_key")
+
+    app = FastAPI(title="coral OpenAI-compatible API", docs_url=None, redoc_url=None)
+    _add_error_handlers(app)
+    v1 = APIRouter(prefix="/v1", dependencies=[Depends(require_token)])
+
+    @app.get("/health")
+    async def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @v1.get("/models")
+    async def models() -> dict[str, Any]:
+        data = [{"id": name, "object": "model", "created": created, "owned_by": "coral"} for name in served]
+        return {"object": "list", "data": data}
+
+    @v1.post("/chat/completions")
+    async def chat_completions(body: ChatCompletionRequest, request: Request):
+        if body.model not in served:
+            known = ", ".join(served)
+            raise APIError(404, f"The model `{body.model}` does not exist (served: {known})", "invalid_request_error", "model_not_found", "model")
+        call = _Call(
+            backend,
+            body.chat_messages(),
+            body.sampling(),
+            served[body.model],
+            body.n,
+            request.headers.get(SESSION_HEADER),
+        )
+        answer = _AnswerShape(f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), body.model, replica_name())
+        headers = {REPLICA_HEADER: answer.replica}
+        if body.stream:
+            include_usage = bool(body.stream_options and body.stream_options.include_usage)
+            events = await _stream_events(call, answer, include_usage)
+            return StreamingResponse(events, media_type="text/event-stream", headers=headers)
+        try:
+            completions = await call.run()
+        except BackendError as exc:
+            raise _backend_failure(exc) from None
+        return JSONResponse(answer.completion(completions), headers=headers)
+
+    app.include_router(v1)
+    return app
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    """Every error leaves as OpenAI-shaped JSON; validation errors are 400s naming the field."""
+
+    @app.exception_handler(APIError)
+    async def api_error(request: Request, exc: APIError) -> JSONResponse:
+        return exc.response()
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems, param = [], None
+        for error in exc.errors():
+            where = ".".join(str(part) for part in error.get("loc", ()) if part != "body")
+            param = param or where or None
+            problems.append(f"{where or 'body'}: {error.get('msg', 'invalid')}")
+        return APIError(400, "invalid request: " + "; ".join(problems), "invalid_request_error", "invalid_value", param).response()
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        return APIError(exc.status_code, str(exc.detail), "invalid_request_error").response()
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.error("unexpected error serving %s", request.url.path, exc_info=exc)
+        return APIError(500, f"internal error: {type(exc).__name__}: {exc}", "server_error", "internal_error").response()
+
+
+def _backend_failure(exc: BackendError) -> APIError:
+    """503 when trying again may help; a proxied client error keeps its status; anything else is a 500."""
+    if exc.retryable:
+        return APIError(503, str(exc), "server_error", "backend_unavailable")
+    status = getattr(exc, "status", None)
+    if isinstance(status, int) and 400 <= status < 500:
+        return APIError(status, str(exc), "invalid_request_error")
+    return APIError(500, str(exc), "server_error", "backend_error")
+
+
+@dataclass(frozen=True)
+class _Call:
+    """One backend request, to run whole or as a stream."""
+
+    backend: ChatBackend
+    messages: list[dict[str, str]]
+    sampling: SamplingParams
+    model: str
+    n: int
+    session_id: str | None
+
+    async def run(self) -> list[Completion]:
+        return await self.backend.chat(self.messages, self.sampling, model=self.model, n=self.n, session_id=self.session_id)
+
+    def stream(self) -> AsyncIterator[Delta]:
+        return stream_chat(self.backend, self.messages, self.sampling, model=self.model, n=self.n, session_id=self.session_id)
+
+
+@dataclass(frozen=True)
+class _AnswerShape:
+    """Builds the OpenAI JSON of one answer: the whole chat.completion, or its stream of chunks."""
+
+    id: str
+    created: int
+    model: str
+    replica: str
+
+    def completion(self, completions: list[Completion]) -> dict[str, Any]:
+        choices = [
+            {
+                "index": index,
+                "message": {"role": "assistant", "content": completion.text},
+                "finish_reason": completion.finish_reason,
+                "completion_tokens": completion.completion_tokens,  # coral extension: exact per-choice usage
+            }
+            for index, completion in enumerate(completions)
+        ]
+        return {**self._head("chat.completion"), "choices": choices, "usage": _usage(completions), "replica": self.replica}
+
+    def chunk(self, index: int, delta: dict[str, str], finish_reason: str | None = None) -> str:
+        choice = {"index": index, "delta": delta, "finish_reason": finish_reason}
+        return _sse({**self._head("chat.completion.chunk"), "choices": [choice], "replica": self.replica})
+
+    def usage_chunk(self, completions: list[Completion]) -> str:
+        return _sse({**self._head("chat.completion.chunk"), "choices": [], "usage": _usage(completions), "replica": self.replica})
+
+    def _head(self, kind: str) -> dict[str, Any]:
+        return {"id": self.id, "object": kind, "created": self.created, "model": self.model}
+
+
+def _usage(completions: list[Completion]) -> dict[str, Any]:
+    """Request usage: the prompt (shared by all choices) counted once, completion tokens summed."""
+    prompt = completions[0].prompt_tokens if completions else 0
+    generated = sum(completion.completion_tokens for completion in completions)
+    cached = completions[0].cached_prompt_tokens if completions else 0
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": generated,
+        "total_tokens": prompt + generated,
+        "prompt_tokens_details": {"cached_tokens": cached},
+    }
+
+
+def _sse(payload: dict[str, Any]) -> str:
+    return f"data: {json.dumps(payload)}\n\n"
+
+
+async def _stream_events(call: _Call, answer: _AnswerShape, include_usage: bool) -> AsyncIterator[str]:
+    """Server-sent events for one request, ending with ``data: [DONE]``.
+
+    The first piece is awaited before the response starts, so a request that fails at once gets a proper HTTP
+    status; a failure later in the stream can only be reported as an error event.
+    """
+    pieces = call.stream()
+    try:
+        first = await anext(pieces, None)
+    except BackendError as exc:
+        await _aclose(pieces)
+        raise _backend_failure(exc) from None
+
+    async def events() -> AsyncIterator[str]:
+        started: set[int] = set()
+        finished: dict[int, Completion] = {}
+        piece = first
+        try:
+            while piece is not None:
+                for event in _piece_events(answer, piece, started, finished):
+                    yield event
+                piece = await anext(pieces, None)
+            if include_usage:
+                yield answer.usage_chunk([finished[index] for index in sorted(finished)])
+        except BackendError as exc:
+            failure = _backend_failure(exc)
+            yield _sse({"error": {"message": failure.message, "type": failure.type, "param": None, "code": failure.code}})
+        finally:
+            await _aclose(pieces)
+        yield "data: [DONE]\n\n"
+
+    return events()
+
+
+async def _aclose(pieces: AsyncIterator[Delta]) -> None:
+    """Stop a backend's stream early (client gone, or failed), so it can release what it holds."""
+    close = getattr(pieces, "aclose", None)
+    if close is not None:
+        await close()
+
+
+def _piece_events(answer: _AnswerShape, piece: Delta, started: set[int], finished: dict[int, Completion]) -> list[str]:
+    """Chunks for one streamed piece: the role with a choice's first text, then text, then its finish reason."""
+    events = []
+    if piece.text or piece.index not in started:
+        delta = {"content": piece.text}
+        if piece.index not in started:
+            delta = {"role": "assistant", **delta}
+            started.add(piece.index)
+        events.append(answer.chunk(piece.index, delta))
+    if piece.completion is not None:
+        finished[piece.index] = piece.completion
+        events.append(answer.chunk(piece.index, {}, piece.completion.finish_reason))
+    return events
