@@ -9,6 +9,11 @@ with its own seeded generator and a sequence's numbers never depend on what else
 Turns of one conversation share a growing prefix. When a request names a ``session_id``, the keys and values of
 that session's previous request stay in a bounded cache and the next request recomputes only the tokens after
 the common prefix. The cache is dropped when the session ends or, least recently used first, when it is full.
+
+``chat_stream`` hands out text as it is generated: after every step, each streaming sequence's newly decoded text
+goes to the caller's event loop. Only text that cannot change is sent: a trailing partial multi-byte character
+waits for the token that completes it, and the last (longest stop string - 1) characters wait until no stop
+string can begin in them. Requests that do not stream run exactly as before.
 """
 
 from __future__ import annotations
@@ -20,12 +25,13 @@ import queue
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 import torch
 
 from coral.backends import models, packed
-from coral.backends.base import BACKENDS, BackendError, Completion, Message
+from coral.backends.base import BACKENDS, BackendError, Completion, Delta, Message
 from coral.sampling import SamplingParams
 
 log = logging.getLogger(__name__)
@@ -69,6 +75,8 @@ class _Request:
     prompt: list[int] = field(default_factory=list)
     cached: int = 0
     outputs: list[Completion | None] = field(default_factory=list)
+    on_delta: Callable[[Delta], None] | None = None
+    """Streaming requests: called on ``loop`` with every new piece of text."""
 
 
 @dataclass
@@ -80,6 +88,8 @@ class _Sequence:
     generator: torch.Generator
     generated: list[int] = field(default_factory=list)
     fed: list[int] = field(default_factory=list)
+    streamed: str = ""
+    """Text already handed to a streaming caller."""
 
 
 class _PrefixCache:
@@ -158,10 +168,19 @@ class EmbeddedEngine:
         self._thread.start()
 
     # ----------------------------------------------------------------- client side (any thread / event loop)
-    def submit(self, messages: list[Message], sampling: SamplingParams, n: int, session_id: str | None) -> asyncio.Future:
+    def submit(
+        self,
+        messages: list[Message],
+        sampling: SamplingParams,
+        n: int,
+        session_id: str | None,
+        on_delta: Callable[[Delta], None] | None = None,
+    ) -> asyncio.Future:
+        """Queue a request; the future gets all n Completions. ``on_delta`` (called on this event loop) streams
+        the text of each choice as it is generated, the last piece of a choice carrying its Completion."""
         loop = asyncio.get_running_loop()
         future = loop.create_future()
-        self._inbox.put(_Request(messages, sampling, n, session_id, loop, future))
+        self._inbox.put(_Request(messages, sampling, n, session_id, loop, future, on_delta=on_delta))
         return future
 
     def end_session(self, session_id: str) -> None:
@@ -330,15 +349,31 @@ class EmbeddedEngine:
         elif len(seq.generated) >= sampling.max_tokens or len(seq.request.prompt) + len(seq.generated) >= self._context:
             finish = "length"
         text = None
-        if sampling.stop and finish is None:
+        if (sampling.stop or seq.request.on_delta) and finish is None:
             text = self._text(seq)
             cut = min((text.find(s) for s in sampling.stop if s in text), default=-1)
             if cut >= 0:
                 text, finish = text[:cut], "stop"
         if finish is None:
+            if text is not None and seq.request.on_delta:
+                self._stream(seq, text)
             return [seq]
         self._finish(seq, finish, text)
         return []
+
+    def _stream(self, seq: _Sequence, text: str) -> None:
+        """Send the part of ``text`` that later tokens cannot change and that was not sent yet.
+
+        A partial multi-byte character decodes to U+FFFD until its last byte arrives; a stop string found later
+        may begin up to (its length - 1) characters before the current end, and the text is then cut there.
+        """
+        stable = text.rstrip("\ufffd")
+        hold = max((len(s) for s in seq.request.sampling.stop), default=1) - 1
+        stable = stable[: max(len(stable) - hold, 0)]
+        if len(stable) > len(seq.streamed):
+            piece = stable[len(seq.streamed) :]
+            seq.streamed = stable
+            self._send(seq.request, Delta(seq.sample, piece))
 
     def _text(self, seq: _Sequence) -> str:
         tokens = [t for t in seq.generated if t not in self._eos]
@@ -346,7 +381,7 @@ class EmbeddedEngine:
 
     def _finish(self, seq: _Sequence, reason: str, text: str | None) -> None:
         request = seq.request
-        request.outputs[seq.sample] = Completion(
+        completion = request.outputs[seq.sample] = Completion(
             text=self._text(seq) if text is None else text,
             finish_reason=reason,
             prompt_tokens=len(request.prompt),
@@ -354,6 +389,7 @@ class EmbeddedEngine:
             latency_s=time.perf_counter() - request.submitted,
             cached_prompt_tokens=request.cached,
         )
+        self._send(request, Delta(seq.sample, completion.text[len(seq.streamed) :], completion))
         if request.session_id is not None and seq.sample == 0:
             self._cache.put(request.session_id, seq.fed, seq.kv)
         if all(output is not None for output in request.outputs):
@@ -371,6 +407,15 @@ class EmbeddedEngine:
         try:
             request.loop.call_soon_threadsafe(deliver)
         except RuntimeError:  # the caller's event loop is closed; nobody is waiting
+            pass
+
+    def _send(self, request: _Request, delta: Delta) -> None:
+        """Hand a piece of text to a streaming caller (requests that do not stream have no listener)."""
+        if request.on_delta is None:
+            return
+        try:
+            request.loop.call_soon_threadsafe(request.on_delta, delta)
+        except RuntimeError:  # the caller's event loop is closed; nobody is listening
             pass
 
     def _fail_all(self, running: list[_Sequence], error: BaseException) -> None:
@@ -433,6 +478,35 @@ class EmbeddedBackend:
             return await asyncio.wait_for(future, self.request_timeout)
         except asyncio.TimeoutError:
             raise BackendError(f"embedded request timed out after {self.request_timeout}s") from None
+
+    async def chat_stream(
+        self,
+        messages: list[Message],
+        sampling: SamplingParams,
+        *,
+        model: str | None = None,
+        n: int = 1,
+        session_id: str | None = None,
+    ) -> AsyncIterator[Delta]:
+        """The request's text as the engine generates it: Deltas per choice, token by token; the last Delta of
+        each choice carries its Completion. The pieces of a choice join to exactly its ``chat`` text."""
+        loop = asyncio.get_running_loop()
+        pieces: asyncio.Queue[Delta | None] = asyncio.Queue()
+        future = self.engine(model).submit(messages, sampling, n, session_id, on_delta=pieces.put_nowait)
+        future.add_done_callback(lambda _: pieces.put_nowait(None))  # queued after every piece of the request
+        deadline = loop.time() + self.request_timeout
+        try:
+            while True:
+                try:
+                    delta = await asyncio.wait_for(pieces.get(), max(deadline - loop.time(), 0.0))
+                except asyncio.TimeoutError:
+                    raise BackendError(f"embedded request timed out after {self.request_timeout}s") from None
+                if delta is None:
+                    future.result()  # raises the engine's error, if any
+                    return
+                yield delta
+        finally:
+            future.cancel()  # a caller that stops listening frees the engine's sequences
 
     async def end_session(self, session_id: str) -> None:
         for engine in list(_ENGINES.values()):

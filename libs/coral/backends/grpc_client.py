@@ -1,0 +1,184 @@
+"""A ChatBackend over coral's gRPC protocol: a standalone ``coral.serving.grpc_server`` or Ray Serve's gRPC proxy.
+
+One channel per backend carries every request (Matrix opened a new channel per request attempt). Requests name
+their conversation twice: ``session_id`` in the request (the engine's prefix cache) and ``multiplexed_model_id``
+metadata (Ray Serve routes all turns of a conversation to one replica with it). ``application`` metadata picks
+the Serve application behind a shared proxy. UNAVAILABLE, DEADLINE_EXCEEDED and RESOURCE_EXHAUSTED are retried
+with the shared retry loop; once retries are spent, or for any other status, the error is reported as not
+retryable, so the conversation layer does not multiply the retries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+
+from coral.backends.base import BACKENDS, BackendError, Completion, Delta, Message
+from coral.backends.retry import RetryPolicy, call_with_retries
+from coral.sampling import SamplingParams
+from coral.serving.grpc_server import CHANNEL_OPTIONS, SESSION_METADATA, from_chunk, from_response, to_request
+from coral.serving.proto import coral_chat_pb2 as pb
+from coral.serving.proto import coral_chat_pb2_grpc as pb_grpc
+
+RETRYABLE_CODES = frozenset(
+    {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED}
+)
+"""Statuses that mean "unreachable, too slow or busy right now": worth another try."""
+
+T = TypeVar("T")
+
+
+@BACKENDS.register("grpc")
+class GrpcBackend:
+    """ChatBackend for a CoralChat gRPC endpoint (plaintext; put TLS in front for untrusted networks).
+
+    Args:
+        target: ``host:port`` of the server or of a Ray Serve gRPC proxy.
+        app_name: Ray Serve application to call (sent as ``application`` metadata); None for a standalone server.
+        model: model name sent when a request names none (empty: the server's default).
+        token: bearer token, sent as ``authorization`` metadata.
+        timeout_s: deadline of a single attempt.
+        retry: how UNAVAILABLE, DEADLINE_EXCEEDED and RESOURCE_EXHAUSTED answers are retried.
+    """
+
+    def __init__(
+        self,
+        target: str,
+        *,
+        app_name: str | None = None,
+        model: str | None = None,
+        token: str | None = None,
+        timeout_s: float = 600.0,
+        retry: RetryPolicy = RetryPolicy(attempts=5, backoff_s=0.5),
+    ) -> None:
+        if not target or "://" in target:
+            raise ValueError(f"GrpcBackend.target must be host:port, got {target!r}")
+        if timeout_s <= 0:
+            raise ValueError(f"GrpcBackend.timeout_s must be > 0, got {timeout_s}")
+        self.target = target
+        self.app_name = app_name
+        self.model = model
+        self.timeout_s = timeout_s
+        self.retry = retry
+        self._token = token
+        self._channel: grpc.aio.Channel | None = None
+        self._channel_loop: asyncio.AbstractEventLoop | None = None
+        self._stub: pb_grpc.CoralChatStub | None = None
+
+    def __repr__(self) -> str:  # never show the token
+        return f"GrpcBackend({self.target!r}, app_name={self.app_name!r}, model={self.model!r})"
+
+    async def _client(self) -> pb_grpc.CoralChatStub:
+        """The stub on this event loop's channel; a channel made in another (finished) loop is replaced.
+
+        grpc.aio channels belong to the loop that created them, and callers such as ``asyncio.run`` per batch
+        start a new loop each time.
+        """
+        loop = asyncio.get_running_loop()
+        if self._stub is None or self._channel_loop is not loop:
+            old = self._channel
+            self._channel = grpc.aio.insecure_channel(self.target, options=CHANNEL_OPTIONS)
+            self._channel_loop = loop
+            self._stub = pb_grpc.CoralChatStub(self._channel)
+            if old is not None:
+                await _close_quietly(old)
+        return self._stub
+
+    def _metadata(self, session_id: str | None) -> list[tuple[str, str]]:
+        metadata = []
+        if self.app_name:
+            metadata.append(("application", self.app_name))
+        if session_id:
+            metadata.append((SESSION_METADATA, session_id))
+        if self._token:
+            metadata.append(("authorization", f"Bearer {self._token}"))
+        return metadata
+
+    async def chat(
+        self,
+        messages: list[Message],
+        sampling: SamplingParams,
+        *,
+        model: str | None = None,
+        n: int = 1,
+        session_id: str | None = None,
+    ) -> list[Completion]:
+        """One Chat call, retried as the policy says; ``latency_s`` is the whole call as the caller waited for it."""
+        request = to_request(messages, sampling, model=model or self.model, n=n, session_id=session_id)
+        metadata = self._metadata(session_id)
+        started = time.perf_counter()
+
+        async def attempt() -> pb.ChatResponse:
+            stub = await self._client()
+            return await _call(lambda: stub.Chat(request, timeout=self.timeout_s, metadata=metadata), self.target)
+
+        response = await self._with_retries(attempt, sampling.seed)
+        return from_response(response, latency_s=time.perf_counter() - started)
+
+    async def chat_stream(
+        self,
+        messages: list[Message],
+        sampling: SamplingParams,
+        *,
+        model: str | None = None,
+        n: int = 1,
+        session_id: str | None = None,
+    ) -> AsyncIterator[Delta]:
+        """Text pieces as the server generates them (ChatStream). Only opening the stream is retried: once a
+        piece has been yielded, a failure is final."""
+        request = to_request(messages, sampling, model=model or self.model, n=n, session_id=session_id)
+        metadata = self._metadata(session_id)
+        started = time.perf_counter()
+
+        async def open_stream() -> tuple[grpc.aio.UnaryStreamCall, Any]:  # (call, first chunk or EOF)
+            stub = await self._client()
+            call = stub.ChatStream(request, timeout=self.timeout_s, metadata=metadata)
+            return call, await _call(call.read, self.target)
+
+        call, chunk = await self._with_retries(open_stream, sampling.seed)
+        try:
+            while chunk is not grpc.aio.EOF:
+                yield from_chunk(chunk, time.perf_counter() - started)
+                chunk = await _call(call.read, self.target, retryable=False)
+        finally:
+            call.cancel()
+
+    async def _with_retries(self, attempt: Callable[[], Awaitable[T]], seed: int | None) -> T:
+        try:
+            result, _ = await call_with_retries(attempt, self.retry, seed)
+        except BackendError as exc:
+            if not exc.retryable:
+                raise
+            message = f"{self.target}: gave up after {self.retry.attempts} attempts: {exc}"
+            raise BackendError(message, retryable=False) from exc
+        return result
+
+    async def end_session(self, session_id: str) -> None:
+        """The protocol has no call to drop a session; servers evict idle sessions themselves."""
+
+    async def aclose(self) -> None:
+        if self._channel is not None:
+            channel, self._channel, self._stub = self._channel, None, None
+            await _close_quietly(channel)
+
+
+async def _call(rpc: Callable[[], Awaitable[T]], target: str, retryable: bool = True) -> T:
+    """Await one RPC; a failed status becomes a BackendError naming the code, retryable for RETRYABLE_CODES."""
+    try:
+        return await rpc()
+    except grpc.aio.AioRpcError as exc:
+        code = exc.code()
+        message = f"{target}: {code.name}: {exc.details()}"
+        raise BackendError(message, retryable=retryable and code in RETRYABLE_CODES) from None
+
+
+async def _close_quietly(channel: grpc.aio.Channel) -> None:
+    """Close a channel, also one whose event loop has finished (its connections then die with that loop)."""
+    try:
+        await channel.close()
+    except (RuntimeError, ValueError):
+        pass
