@@ -13,7 +13,10 @@ from lightning_modules.models import InteractionModule
 from lightning_modules.trainer import main
 
 ROOT = Path(__file__).resolve().parents[2]
-RUNNABLE = sorted(p for p in (ROOT / "configs").rglob("*.yaml") if p.parent.name != "common")
+RUNNABLE = sorted(
+    p for p in (ROOT / "configs").rglob("*.yaml")
+    if p.relative_to(ROOT / "configs").parts[0] not in ("common", "finetuning", "serving")
+)  # evaluation configs only: finetuning/ and serving/ hold the loop's and the cluster's own files
 
 
 def build(*args: str):
