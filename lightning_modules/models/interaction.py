@@ -55,7 +55,8 @@ class InteractionModule(LightningModule):
     Args:
         teacher_model: model of the agent that answers first (a packaged model name or a checkpoint dir).
         student_model: model of the agent that asks the question (turn 0).
-        teacher_app_name: a served application for the teacher (None: the embedded engine serves the model).
+        teacher_app_name: a served application for the teacher: a ``coral-serve`` application name, an
+            OpenAI-compatible URL or a ``grpc://`` address (None: the embedded engine serves the model).
         student_app_name: likewise for the student.
         protocol: registered protocol name.
         max_turns: most generated turns per conversation (the CoT baseline uses 1).
@@ -107,30 +108,42 @@ class InteractionModule(LightningModule):
         self.extractor_config = extractor
         self.engine_config = engine
         self.retry = retry
+        self._served: dict[str, tuple[ChatBackend, str]] = {}  # app name -> one pooled client per application
         PROTOCOLS.get(protocol)  # an unknown protocol fails at parse time, not after loading models
 
     # ------------------------------------------------------------------ building blocks
-    def _backend(self, model: str, app_name: str | None) -> ChatBackend:
-        if app_name is not None:
-            raise ValueError(
-                f"app_name {app_name!r}: served applications need coral.serving, which this version does not "
-                "include yet; leave app names unset to serve the model with the embedded engine"
-            )
-        return EmbeddedBackend(model, self.engine_config, self.hparams.request_timeout)
+    def _backend(self, model: str, app_name: str | None) -> tuple[ChatBackend, str]:
+        """The backend serving ``model`` and the model name to ask it for.
+
+        No app name: the embedded engine in this process. Otherwise an application deployed with
+        ``coral-serve`` (found in ``$CORAL_DIR/$CORAL_CLUSTER_ID``), an ``http(s)://.../v1`` URL or a
+        ``grpc://host:port[/app]`` address; an application's served model name replaces ``model``.
+        """
+        if app_name is None:
+            return EmbeddedBackend(model, self.engine_config, self.hparams.request_timeout), model
+        if app_name not in self._served:
+            from coral.serving.endpoints import backend_for, resolve
+
+            served = resolve(app_name).model or model
+            backend = backend_for(app_name, model=served, timeout_s=self.hparams.request_timeout)
+            self._served[app_name] = (backend, served)
+        return self._served[app_name]
 
     def _agents(self, instructions: dict[str, str]) -> dict[str, Agent]:
         hp = self.hparams
         sampling = SamplingParams(hp.sampling_temp, hp.top_p, hp.max_turn_tokens or 1024)
         spec = {"teacher": (hp.teacher_model, hp.teacher_app_name), "student": (hp.student_model, hp.student_app_name)}
-        return {
-            name: Agent(name, self._backend(model, app), model, instructions[name], sampling)
-            for name, (model, app) in spec.items()
-        }
+        agents = {}
+        for name, (model, app) in spec.items():
+            backend, served = self._backend(model, app)
+            agents[name] = Agent(name, backend, served, instructions[name], sampling)
+        return agents
 
     def _extractor(self) -> BeliefExtractor:
         cfg = self.extractor_config
-        model = cfg.model or self.hparams.teacher_model
-        backend = self._backend(model, cfg.app_name) if cfg.mode != "rules" else None
+        backend, model = None, cfg.model or self.hparams.teacher_model
+        if cfg.mode != "rules":
+            backend, model = self._backend(model, cfg.app_name)
         sampling = SamplingParams(temperature=cfg.temperature, top_p=1.0, max_tokens=cfg.max_tokens)
         return BeliefExtractor(cfg.mode, backend, model, sampling)
 
@@ -182,9 +195,17 @@ class InteractionModule(LightningModule):
         done = len(shard) * self.hparams.sampling_n - len(work)
         progress = tqdm(total=len(work) + done, initial=done, desc="conversations", disable=self.global_rank != 0)
         try:
-            asyncio.run(runner.run(work, on_done=lambda record: progress.update()))
+            asyncio.run(self._run(runner, work, on_done=lambda record: progress.update()))
         finally:
             progress.close()
+
+    async def _run(self, runner: ConversationRunner, work: list, on_done) -> None:
+        """Run the conversations, then close the served backends' connections while their event loop lives."""
+        try:
+            await runner.run(work, on_done=on_done)
+        finally:
+            for backend, _ in self._served.values():
+                await backend.aclose()
 
     def on_validation_epoch_end(self) -> None:
         self.trainer.strategy.barrier()
