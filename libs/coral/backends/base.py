@@ -26,6 +26,8 @@ class Completion:
     """Prompt tokens whose keys and values were reused from an earlier request instead of recomputed."""
     replica: str | None = None
     """Which server replica answered (served backends); lets tests and reports check sticky routing."""
+    attempts: int = 1
+    """Requests sent until this answer came, a network backend's own retries included."""
 
 
 @dataclass(frozen=True)

@@ -13,14 +13,21 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import replace
 from typing import Any, TypeVar
 
 import grpc
 
 from coral.backends.base import BACKENDS, BackendError, Completion, Delta, Message
-from coral.backends.retry import RetryPolicy, call_with_retries
+from coral.backends.retry import RetryPolicy, call_with_transport_retries
 from coral.sampling import SamplingParams
-from coral.serving.grpc_server import CHANNEL_OPTIONS, SESSION_METADATA, from_chunk, from_response, to_request
+from coral.serving.grpc_server import (
+    CHANNEL_OPTIONS,
+    SESSION_METADATA,
+    from_chunk,
+    from_response,
+    to_request,
+)
 from coral.serving.proto import coral_chat_pb2 as pb
 from coral.serving.proto import coral_chat_pb2_grpc as pb_grpc
 
@@ -116,8 +123,9 @@ class GrpcBackend:
             stub = await self._client()
             return await _call(lambda: stub.Chat(request, timeout=self.timeout_s, metadata=metadata), self.target)
 
-        response = await self._with_retries(attempt, sampling.seed)
-        return from_response(response, latency_s=time.perf_counter() - started)
+        response, attempts = await self._with_retries(attempt, sampling.seed)
+        completions = from_response(response, latency_s=time.perf_counter() - started)
+        return [replace(c, attempts=attempts) for c in completions]
 
     async def chat_stream(
         self,
@@ -139,7 +147,7 @@ class GrpcBackend:
             call = stub.ChatStream(request, timeout=self.timeout_s, metadata=metadata)
             return call, await _call(call.read, self.target)
 
-        call, chunk = await self._with_retries(open_stream, sampling.seed)
+        (call, chunk), _ = await self._with_retries(open_stream, sampling.seed)
         try:
             while chunk is not grpc.aio.EOF:
                 yield from_chunk(chunk, time.perf_counter() - started)
@@ -147,15 +155,8 @@ class GrpcBackend:
         finally:
             call.cancel()
 
-    async def _with_retries(self, attempt: Callable[[], Awaitable[T]], seed: int | None) -> T:
-        try:
-            result, _ = await call_with_retries(attempt, self.retry, seed)
-        except BackendError as exc:
-            if not exc.retryable:
-                raise
-            message = f"{self.target}: gave up after {self.retry.attempts} attempts: {exc}"
-            raise BackendError(message, retryable=False) from exc
-        return result
+    async def _with_retries(self, attempt: Callable[[], Awaitable[T]], seed: int | None) -> tuple[T, int]:
+        return await call_with_transport_retries(attempt, self.retry, seed, self.target)
 
     async def end_session(self, session_id: str) -> None:
         """The protocol has no call to drop a session; servers evict idle sessions themselves."""

@@ -16,12 +16,13 @@ import asyncio
 import json
 import os
 import time
+from dataclasses import replace
 from typing import Any
 
 import aiohttp
 
 from coral.backends.base import BACKENDS, BackendError, Completion, Message
-from coral.backends.retry import RetryPolicy, call_with_retries
+from coral.backends.retry import RetryPolicy, call_with_transport_retries
 from coral.sampling import SamplingParams
 
 SESSION_HEADER = "serve_multiplexed_model_id"
@@ -134,13 +135,9 @@ class OpenAIHTTPBackend:
         async def attempt() -> tuple[dict[str, Any], str | None]:
             return await self._post(body, headers)
 
-        try:
-            (data, header_replica), _ = await call_with_retries(attempt, self.retry, sampling.seed)
-        except BackendError as exc:
-            if not exc.retryable:
-                raise
-            raise BackendError(f"{self.url}: gave up after {self.retry.attempts} attempts: {exc}", retryable=False) from exc
-        return _completions(data, header_replica, time.perf_counter() - started, self.url)
+        (data, header_replica), attempts = await call_with_transport_retries(attempt, self.retry, sampling.seed, self.url)
+        completions = _completions(data, header_replica, time.perf_counter() - started, self.url)
+        return [replace(c, attempts=attempts) for c in completions]
 
     async def _post(self, body: dict[str, Any], headers: dict[str, str] | None) -> tuple[dict[str, Any], str | None]:
         """One attempt: the parsed JSON answer and the replica header, or a BackendError saying if a retry may help."""

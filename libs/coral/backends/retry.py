@@ -57,3 +57,19 @@ async def call_with_retries(
                 raise
             await asyncio.sleep(policy.delay(attempt, rng))
     raise AssertionError("unreachable")
+
+
+async def call_with_transport_retries(
+    call: Callable[[], Awaitable[T]], policy: RetryPolicy, seed: int | None, target: str
+) -> tuple[T, int]:
+    """``call_with_retries`` for a network backend: once its retries are spent, the failure is final.
+
+    The error then says so and is not retryable, so a caller with its own retry loop (the conversation layer)
+    does not multiply the attempts.
+    """
+    try:
+        return await call_with_retries(call, policy, seed)
+    except BackendError as exc:
+        if not exc.retryable:
+            raise
+        raise BackendError(f"{target}: gave up after {policy.attempts} attempts: {exc}", retryable=False) from exc
