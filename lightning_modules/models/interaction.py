@@ -74,7 +74,7 @@ class InteractionModule(LightningModule):
         request_timeout: seconds before a model request is abandoned (then retried).
         extractor: belief extraction settings.
         engine: limits of the embedded engine.
-        retry: retries of failed generation requests.
+        retry: retries of failed model requests (a served application's connection errors and 5xx included).
         compat_metrics: compute metrics with the reference's definitions instead of the corrected ones.
     """
 
@@ -125,7 +125,7 @@ class InteractionModule(LightningModule):
             from coral.serving.endpoints import backend_for, resolve
 
             served = resolve(app_name).model or model
-            backend = backend_for(app_name, model=served, timeout_s=self.hparams.request_timeout)
+            backend = backend_for(app_name, model=served, timeout_s=self.hparams.request_timeout, retry=self.retry)
             self._served[app_name] = (backend, served)
         return self._served[app_name]
 
