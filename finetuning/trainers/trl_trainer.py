@@ -424,3 +424,24 @@ def _safetensors_ok(path: Path) -> bool:
             return bool(list(handle.keys()))
     except Exception:  # safetensors raises its own error types for truncated or foreign files
         return False
+
+
+def main(argv: list[str] | None = None) -> Path:
+    """``python -m finetuning.trainers.trl_trainer --model M --data DIR --out DIR [--method dpo --lora true ...]``."""
+    from jsonargparse import ArgumentParser
+
+    parser = ArgumentParser(prog="python -m finetuning.trainers.trl_trainer", description=__doc__.split("\n")[0])
+    parser.add_argument("--model", required=True, help="packaged model name or Hugging Face checkpoint folder")
+    parser.add_argument("--data", required=True, help="dataset folder written by finetuning/data_creation")
+    parser.add_argument("--out", required=True, help="training folder; the result is <out>/checkpoint")
+    parser.add_class_arguments(TrainSettings, "settings", as_group=False)
+    args = parser.parse_args(argv)
+    settings = parser.instantiate(args).settings
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    result = train(args.model, Path(args.data), Path(args.out), settings)
+    print(result)
+    return result
+
+
+if __name__ == "__main__":
+    main()
