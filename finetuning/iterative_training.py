@@ -1,0 +1,320 @@
+"""Self-improvement loop: evaluate -> sample trees -> build training data -> train -> evaluate the new model -> ...
+
+    python finetuning/iterative_training.py --config configs/finetuning/iterative_tiny.yaml [--iterations 3 ...]
+
+One YAML config drives everything. Round k (1..iterations) samples conversation trees with model k-1, builds
+SFT or DPO data from them, trains model k, and evaluates it; model 0 (the starting model) is evaluated first. Each
+step writes into ``<exp_dir>/iter_<k>/<step>/`` and is skipped only when those outputs exist *and* validate
+(metrics written with every conversation present, a dataset whose counts match its files, a checkpoint with its
+completion marker), so a killed run resumes at the step it was in. A failed step stops the loop with its error.
+Steps run in this process (local) or as Slurm jobs through submitit. ``summary.md``/``summary.json`` and
+``summary.png`` give the evaluation metrics by round.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import logging
+import signal
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from jsonargparse import ArgumentParser, ActionConfigFile
+
+from coral.synthesis.formats import dataset_is_complete
+from coral.synthesis.preferences import PairSettings
+from coral.synthesis.sft import SFTSettings
+from finetuning.data_creation.build_dpo import build_dpo
+from finetuning.data_creation.build_sft import build_sft
+from finetuning.trainers.trl_trainer import TrainSettings, checkpoint_is_complete, train
+
+log = logging.getLogger("coral.iterative")
+ROOT = Path(__file__).resolve().parents[1]
+TRAINER = ROOT / "lightning_modules" / "trainer.py"
+SUMMARY_METRICS = ("agreement_correctness", "final_answer_accuracy", "ever_correct", "agreement", "conv_err")
+
+
+@dataclass
+class RunSettings:
+    """One ``trainer.py validate`` run: a config plus overrides; the driver adds model, seed and folder.
+
+    Args:
+        config: the task config (``configs/ts_<task>.yaml``).
+        overrides: further ``trainer.py`` arguments, e.g. ``--data.val_max_instances=8``.
+    """
+
+    config: str = "configs/ts_math.yaml"
+    overrides: list[str] = field(default_factory=list)
+
+
+@dataclass
+class DataSettings:
+    """How sampled trees become training data (see ``finetuning/data_creation``); seeds are set per round.
+
+    Args:
+        pairs: DPO pair selection (paper defaults: 2 pairs per level, 20 per problem).
+        sft: SFT example selection.
+        stack: build from the samples of every round so far, not only the latest.
+    """
+
+    pairs: PairSettings = field(default_factory=PairSettings)
+    sft: SFTSettings = field(default_factory=SFTSettings)
+    stack: bool = False
+
+    def for_round(self, method: str, seed: int) -> PairSettings | SFTSettings:
+        return replace(self.pairs if method == "dpo" else self.sft, seed=seed)
+
+
+@dataclass
+class Launcher:
+    """Where steps run: ``local`` (this process) or ``slurm`` (submitit; ``slurm`` holds its options, such as
+    account, qos, partition, gpus_per_node, cpus_per_task, mem_gb, timeout_min)."""
+
+    kind: str = "local"
+    slurm: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("local", "slurm"):
+            raise ValueError(f"launcher.kind must be 'local' or 'slurm', got {self.kind!r}")
+
+    def run(self, name: str, folder: Path, fn: Callable[..., Any], *args: Any) -> None:
+        if self.kind == "local":
+            fn(*args)
+            return
+        import submitit
+
+        executor = submitit.AutoExecutor(folder=folder / "slurm", cluster="slurm")
+        executor.update_parameters(name=name, **self.slurm)
+        job = executor.submit(fn, *args)
+        log.info("%s: Slurm job %s (logs in %s)", name, job.job_id, folder / "slurm")
+        job.result()  # raises with the job's traceback when it fails: no silent endless polling
+
+
+class StepFailed(RuntimeError):
+    pass
+
+
+@dataclass
+class Step:
+    name: str
+    out: Path
+    run: Callable[[], None]
+    done: Callable[[], bool]
+
+
+# ---------------------------------------------------------------------------------------------- steps
+
+
+def _die_with_parent() -> None:
+    """A killed driver takes its evaluation runs with it, so a rerun never races an orphan on the same folder."""
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+def run_conversations(run: RunSettings, model: str, out: Path, seed: int, extra: list[str]) -> None:
+    """Evaluate or sample with ``trainer.py validate``; resumes inside ``out`` if it was interrupted."""
+    command = [
+        sys.executable, str(TRAINER), "validate", "--config", run.config,
+        f"--model.teacher_model={model}", f"--model.student_model={model}",
+        f"--trainer.default_root_dir={out}", f"--seed_everything={seed}",
+        *extra, *run.overrides,
+    ]  # fmt: skip
+    log.info("running %s", " ".join(command))
+    result = subprocess.run(command, cwd=ROOT, preexec_fn=_die_with_parent)
+    if result.returncode != 0:
+        raise StepFailed(f"{' '.join(command)} exited with {result.returncode} (its output is above)")
+
+
+def conversations_done(out: Path) -> bool:
+    """Metrics are written after the last conversation, and count them; the store must hold that many."""
+    from coral.store import read_records
+
+    metrics = out / "metrics.json"
+    if not metrics.is_file():
+        return False
+    try:
+        expected = int(json.loads(metrics.read_text())["n_conversations"])
+    except (ValueError, KeyError):
+        return False
+    return expected > 0 and len(read_records(out)) == expected
+
+
+@dataclass
+class IterativeConfig:
+    """The whole loop.
+
+    Args:
+        exp_dir: where every round's outputs go.
+        model: the starting model (a packaged name or a checkpoint dir).
+        iterations: training rounds.
+        seed: seeds evaluation (fixed across rounds) and sampling (``seed + round``) and training.
+        method: ``dpo`` (pairs from trees: sampling needs ``--model.beam_size`` > 1) or ``sft``.
+        evaluation: the evaluation run.
+        sampling: the tree-sampling run.
+        data: building training data from samples.
+        training: the TRL trainer's settings (``method`` is set from ``method``).
+        continuous_training: round k starts from model k-1 instead of the starting model.
+        update_reference_model: DPO's reference is model k-1 instead of the starting model.
+        launcher: where steps run.
+    """
+
+    exp_dir: str = "results/iterative"
+    model: str = "SmolLM2-135M-Instruct"
+    iterations: int = 2
+    seed: int = 333
+    method: str = "dpo"
+    evaluation: RunSettings = field(default_factory=RunSettings)
+    sampling: RunSettings = field(default_factory=RunSettings)
+    data: DataSettings = field(default_factory=DataSettings)
+    training: TrainSettings = field(default_factory=TrainSettings)
+    continuous_training: bool = False
+    update_reference_model: bool = False
+    launcher: Launcher = field(default_factory=Launcher)
+
+
+class IterativeTraining:
+    def __init__(self, config: IterativeConfig) -> None:
+        if config.method not in ("dpo", "sft"):
+            raise ValueError(f"method must be 'dpo' or 'sft', got {config.method!r}")
+        if config.iterations < 1:
+            raise ValueError(f"iterations must be >= 1, got {config.iterations}")
+        self.config = config
+        self.root = Path(config.exp_dir)
+
+    def folder(self, round_: int, step: str) -> Path:
+        return self.root / f"iter_{round_}" / step
+
+    def model_of(self, round_: int) -> str:
+        """Model k is the checkpoint trained in round k; model 0 is the starting model."""
+        return self.config.model if round_ == 0 else str(self.folder(round_, "train") / "checkpoint")
+
+    def steps(self) -> list[Step]:
+        cfg = self.config
+        plan = [self._evaluate(0)]
+        for k in range(1, cfg.iterations + 1):
+            sample, data, trained = self.folder(k, "sample"), self.folder(k, "data"), self.folder(k, "train")
+            plan.append(Step(f"round {k}: sample", sample, lambda k=k, out=sample: run_conversations(
+                cfg.sampling, self.model_of(k - 1), out, cfg.seed + k, []), lambda out=sample: conversations_done(out)))
+            plan.append(Step(f"round {k}: build {cfg.method} data", data, lambda k=k: self._build_data(k),
+                             lambda k=k, out=data: dataset_is_complete(out, cfg.data.for_round(cfg.method, cfg.seed + k))))
+            plan.append(Step(f"round {k}: train", trained, lambda k=k: self._train(k),
+                             lambda out=trained: checkpoint_is_complete(out / "checkpoint")))
+            plan.append(self._evaluate(k))
+        return plan
+
+    def _evaluate(self, k: int) -> Step:
+        out = self.folder(k, "eval")
+        return Step(f"round {k}: evaluate", out, lambda: run_conversations(
+            self.config.evaluation, self.model_of(k), out, self.config.seed, []), lambda: conversations_done(out))
+
+    def _build_data(self, k: int) -> None:
+        cfg = self.config
+        rounds = range(1, k + 1) if cfg.data.stack else [k]
+        sources = [self.folder(r, "sample") for r in rounds]
+        build = build_dpo if cfg.method == "dpo" else build_sft
+        settings = cfg.data.for_round(cfg.method, cfg.seed + k)
+        counts = build(sources, self.folder(k, "data"), settings, self.model_of(k - 1))
+        log.info("round %d data: %s", k, counts)
+
+    def _train(self, k: int) -> None:
+        cfg = self.config
+        base = self.model_of(k - 1) if cfg.continuous_training else cfg.model
+        reference = self.model_of(k - 1) if cfg.update_reference_model else None
+        settings = replace(cfg.training, method=cfg.method, seed=cfg.seed + k, reference_model=reference)
+        train(base, self.folder(k, "data"), self.folder(k, "train"), settings)
+
+    def run(self) -> list[dict[str, Any]]:
+        self.root.mkdir(parents=True, exist_ok=True)
+        (self.root / "settings.json").write_text(json.dumps(asdict(self.config), indent=2, default=str))
+        for step in self.steps():
+            if step.done():
+                log.info("%s: done already (%s), skipped", step.name, step.out)
+                continue
+            log.info("%s -> %s", step.name, step.out)
+            self.config.launcher.run(step.name.replace(" ", "_"), step.out, step.run)
+            if not step.done():
+                raise StepFailed(f"{step.name} finished but its outputs in {step.out} do not validate")
+            self.write_summary()
+        return self.write_summary()
+
+    # ------------------------------------------------------------------------------------------ summary
+    def summary(self) -> list[dict[str, Any]]:
+        rows = []
+        for k in range(self.config.iterations + 1):
+            metrics_file = self.folder(k, "eval") / "metrics.json"
+            if not metrics_file.is_file():
+                continue
+            metrics = json.loads(metrics_file.read_text())
+            row: dict[str, Any] = {"round": k, "model": self.model_of(k)}
+            row.update({name: metrics.get(name) for name in SUMMARY_METRICS})
+            for name, path in (("data", self.folder(k, "data") / "counts.json"),
+                               ("train", self.folder(k, "train") / "checkpoint" / "coral_train.json")):
+                if path.is_file():
+                    row[name] = json.loads(path.read_text())
+            rows.append(row)
+        return rows
+
+    def write_summary(self) -> list[dict[str, Any]]:
+        rows = self.summary()
+        (self.root / "summary.json").write_text(json.dumps(rows, indent=2, default=str))
+        (self.root / "summary.md").write_text(_markdown(rows))
+        if rows:
+            _plot(rows, self.root / "summary.png")
+        return rows
+
+
+def _markdown(rows: list[dict[str, Any]]) -> str:
+    header = ["round", *SUMMARY_METRICS]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in rows:
+        cells = [str(row["round"])] + [_fmt(row.get(name)) for name in SUMMARY_METRICS]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _fmt(value: Any) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def _plot(rows: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    rounds = [row["round"] for row in rows]
+    for name in SUMMARY_METRICS[:3]:
+        ax.plot(rounds, [row.get(name) or 0.0 for row in rows], marker="o", label=name)
+    ax.set_xlabel("round (0 = starting model)")
+    ax.set_xticks(rounds)
+    ax.set_ylim(0, 1)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def parse(args: list[str] | None = None) -> IterativeConfig:
+    """The YAML config (``--config``) plus command-line overrides, typed and validated."""
+    parser = ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--config", action=ActionConfigFile)
+    parser.add_class_arguments(IterativeConfig, None, as_group=False)
+    values = parser.instantiate(parser.parse_args(args))
+    return IterativeConfig(**{name: getattr(values, name) for name in IterativeConfig.__dataclass_fields__})
+
+
+def main(args: list[str] | None = None) -> list[dict[str, Any]]:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    driver = IterativeTraining(parse(args))
+    rows = driver.run()
+    print(f"\nsummary ({driver.root / 'summary.md'}):\n{_markdown(rows)}")
+    return rows
+
+
+if __name__ == "__main__":
+    main()
