@@ -225,6 +225,13 @@ class IterativeTraining:
         base = self.model_of(k - 1) if cfg.continuous_training else cfg.model
         reference = self.model_of(k - 1) if cfg.update_reference_model else None
         settings = replace(cfg.training, method=cfg.method, seed=cfg.seed + k, reference_model=reference)
+        counts = json.loads((self.folder(k, "data") / "counts.json").read_text())
+        if not counts.get("pairs" if cfg.method == "dpo" else "examples"):
+            raise StepFailed(
+                f"round {k}: the samples gave no {cfg.method} training data ({counts.get('candidates')} candidates "
+                f"by grade, in {self.folder(k, 'data') / 'counts.json'}); sample more (sampling --model.sampling_n, "
+                "--model.beam_size, longer turns) or use a task the model sometimes gets right"
+            )
         train(base, self.folder(k, "data"), self.folder(k, "train"), settings)
 
     def run(self) -> list[dict[str, Any]]:

@@ -126,3 +126,14 @@ def test_the_tiny_config_parses_with_the_papers_pair_caps():
     assert (cfg.iterations, cfg.method, cfg.training.lora) == (2, "dpo", True)
     assert (cfg.data.pairs.max_pairs_per_level, cfg.data.pairs.max_pairs_per_problem) == (2, 20)
     assert "--model.beam_size=3" in cfg.sampling.overrides
+
+
+def test_a_round_without_training_data_stops_with_what_the_samples_held(tmp_path, fake, monkeypatch):
+    def no_pairs(sources, out, settings, model):
+        out.mkdir(parents=True)
+        (out / "counts.json").write_text(json.dumps({"pairs": 0, "candidates": {"correct": 0, "no_belief": 91}}))
+
+    monkeypatch.setattr(it, "build_dpo", no_pairs)
+    with pytest.raises(it.StepFailed, match=r"round 1: the samples gave no dpo training data .*'no_belief': 91"):
+        it.IterativeTraining(config(tmp_path)).run()
+    assert [c[0] for c in fake.calls] == ["eval", "sample"]
