@@ -76,17 +76,28 @@ class BeliefExtractor:
         ``session_id`` lets the judge's engine reuse the prompt prefix (instructions and question) it saw for
         the same conversation's earlier turns.
         """
-        if self.mode != "judge":
-            belief = task.parse_belief(text, example)
-            if belief is not None:
-                return Extraction(belief, "rule")
-            if self.mode == "rules":
-                return Extraction(None, "none")
-        return await self._ask_judge(task, example, text, seed, session_id)
+        found = self.by_rules(task, example, text)
+        if found is not None:
+            return found
+        return await self.ask_judge(task, example, text, seed, session_id)
 
-    async def _ask_judge(
-        self, task: Task, example: Example, text: str, seed: int | None, session_id: str | None
+    def by_rules(self, task: Task, example: Example, text: str) -> Extraction | None:
+        """The extraction when no judge is needed (the rules decided), else None: then ask ``ask_judge``.
+
+        ``extract`` is these two steps; callers on a hot path use them directly so the judge's seed is derived
+        only for turns the judge is actually asked about.
+        """
+        if self.mode == "judge":
+            return None
+        belief = task.parse_belief(text, example)
+        if belief is not None:
+            return Extraction(belief, "rule")
+        return Extraction(None, "none") if self.mode == "rules" else None
+
+    async def ask_judge(
+        self, task: Task, example: Example, text: str, seed: int | None = None, session_id: str | None = None
     ) -> Extraction:
+        """The judge's reading of ``text`` (method "judge"); a failed judge call is recorded as ``error``."""
         if self.backend is None:
             raise ValueError(f"BeliefExtractor in mode {self.mode!r} needs a judge backend; set .backend first")
         messages = task.extraction_prompt(example, text)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import random
 from dataclasses import dataclass, field
+from functools import cached_property
 
 from coral.backends.base import Completion, Message
 from coral.backends.retry import RetryPolicy, call_with_retries
@@ -17,7 +18,7 @@ from coral.beliefs import BeliefExtractor
 from coral.conversation.agent import Agent
 from coral.conversation.tree import continue_with, strategy
 from coral.records import ConversationRecord, Turn, Usage
-from coral.seeding import derive_seed
+from coral.seeding import SeedPrefix
 from coral.tasks.base import Example, Task
 
 
@@ -39,13 +40,18 @@ class ConversationContext:
     single_request_expansion: bool = True
     _classes: list[str] = field(default_factory=list)
 
-    @property
+    @cached_property
     def session_id(self) -> str:
         """Names the conversation for engines that keep per-conversation state (prefix cache, replica)."""
         return f"{self.run_seed}:{self.example.id}:{self.sample_index}"
 
+    @cached_property
+    def _seeds(self) -> SeedPrefix:
+        return SeedPrefix(self.run_seed, self.example.id, self.sample_index)
+
     def seed(self, *coordinates: object) -> int:
-        return derive_seed(self.run_seed, self.example.id, self.sample_index, *coordinates)
+        """``derive_seed(run_seed, example id, sample index, *coordinates)``."""
+        return self._seeds.derive(*coordinates)
 
     async def next_turn(self, speaker: str, messages: list[Message], index: int) -> Turn:
         """Turn ``index``, annotated: one generation, or in tree mode the picked one of ``beam_size`` candidates."""
@@ -99,9 +105,10 @@ class ConversationContext:
     async def _extract_and_grade(self, turn: Turn) -> None:
         if turn.error is not None:
             return
-        found = await self.extractor.extract(
-            self.task, self.example, turn.text, seed=self.seed("judge", turn.index, turn.seed), session_id=self.session_id
-        )
+        found = self.extractor.by_rules(self.task, self.example, turn.text)
+        if found is None:  # the judge's seed is derived only when the judge is asked
+            seed = self.seed("judge", turn.index, turn.seed)
+            found = await self.extractor.ask_judge(self.task, self.example, turn.text, seed, self.session_id)
         turn.belief, turn.belief_method, turn.extraction_error = found.belief, found.method, found.error
         turn.extraction_usage = Usage(found.prompt_tokens, found.completion_tokens)
         turn.correct = False
@@ -151,6 +158,6 @@ def turn_from(completion: Completion, index: int, speaker: str, model: str, seed
         usage=Usage(completion.prompt_tokens, completion.completion_tokens),
         latency_s=round(completion.latency_s, 4),
         finish_reason=completion.finish_reason,
-        attempts=attempts,
+        attempts=attempts + completion.attempts - 1,
         replica=completion.replica,
     )
