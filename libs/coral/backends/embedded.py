@@ -102,7 +102,8 @@ class _PrefixCache:
         self._bytes = 0
 
     def take(self, session_id: str, prompt: list[int]) -> tuple[int, packed.KVStore | None]:
-        """Remove and return the session's entry sharing the longest prefix with ``prompt``."""
+        """The session's entry sharing the longest prefix with ``prompt``: taken when the prompt extends all of it,
+        copied when only part of it matches (both agents of a conversation share a session but not a view)."""
         best, best_len = None, 0
         for key, (tokens, _) in self._entries.items():
             if key[0] != session_id:
@@ -112,8 +113,13 @@ class _PrefixCache:
                 best, best_len = key, common
         if best is None:
             return 0, None
-        _, kv = self._entries.pop(best)
-        self._bytes -= kv.nbytes()
+        tokens, kv = self._entries[best]
+        if best_len == len(tokens):  # the prompt extends the whole entry: hand it over, the request supersedes it
+            del self._entries[best]
+            self._bytes -= kv.nbytes()
+        else:  # a partial match (e.g. the other agent's view of the conversation): keep it for its owner, copy
+            self._entries.move_to_end(best)
+            kv = kv.clone()
         usable = min(best_len, len(prompt) - 1)  # at least one token must run to produce logits
         kv.truncate(usable)
         return usable, kv

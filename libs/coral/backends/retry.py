@@ -48,13 +48,14 @@ async def call_with_retries(
 
     The last exception is raised unchanged once attempts run out or the failure is not retryable.
     """
-    rng = random.Random(seed)
+    rng: random.Random | None = None  # made on the first failure: most calls succeed at once
     for attempt in range(1, policy.attempts + 1):
         try:
             return await call(), attempt
         except Exception as exc:
             if attempt == policy.attempts or not is_retryable(exc):
                 raise
+            rng = rng or random.Random(seed)
             await asyncio.sleep(policy.delay(attempt, rng))
     raise AssertionError("unreachable")
 

@@ -54,8 +54,10 @@ class ScriptedBackend:
             reply = self.script(messages, sampling if i == 0 else sampling.with_seed((sampling.seed or 0) + i))
             if isinstance(reply, BaseException):
                 raise reply
-            prompt_tokens = sum(len(m["content"].split()) for m in messages)
-            prompt_tokens, completion_tokens = self.usage or (prompt_tokens, len(reply.split()))
+            if self.usage is not None:
+                prompt_tokens, completion_tokens = self.usage
+            else:
+                prompt_tokens, completion_tokens = sum(len(m["content"].split()) for m in messages), len(reply.split())
             replies.append(Completion(reply, "stop", prompt_tokens, completion_tokens, self.latency_s))
         return replies
 
