@@ -62,7 +62,7 @@ class Sizes:
     request_tokens: int = 64
 
 
-QUICK = Sizes(conversations=12, turns=3, tokens=16, concurrency=12, request_tokens=16)
+QUICK = Sizes(conversations=10, turns=3, tokens=16, concurrency=10, request_tokens=16)
 FULL = Sizes(conversations=32, turns=5, tokens=32, concurrency=32, request_tokens=64)
 
 
