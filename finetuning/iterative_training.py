@@ -24,11 +24,12 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from jsonargparse import ArgumentParser, ActionConfigFile
-
-from coral.synthesis.formats import dataset_is_complete
+from coral.store import read_records
+from coral.synthesis.formats import KINDS, dataset_is_complete
 from coral.synthesis.preferences import PairSettings
 from coral.synthesis.sft import SFTSettings
+from jsonargparse import ActionConfigFile, ArgumentParser
+
 from finetuning.data_creation.build_dpo import build_dpo
 from finetuning.data_creation.build_sft import build_sft
 from finetuning.trainers.trl_trainer import TrainSettings, checkpoint_is_complete, train
@@ -131,8 +132,6 @@ def run_conversations(run: RunSettings, model: str, out: Path, seed: int, extra:
 
 def conversations_done(out: Path) -> bool:
     """Metrics are written after the last conversation, and count them; the store must hold that many."""
-    from coral.store import read_records
-
     metrics = out / "metrics.json"
     if not metrics.is_file():
         return False
@@ -226,7 +225,7 @@ class IterativeTraining:
         reference = self.model_of(k - 1) if cfg.update_reference_model else None
         settings = replace(cfg.training, method=cfg.method, seed=cfg.seed + k, reference_model=reference)
         counts = json.loads((self.folder(k, "data") / "counts.json").read_text())
-        if not counts.get("pairs" if cfg.method == "dpo" else "examples"):
+        if not counts.get(KINDS[cfg.method]):
             raise StepFailed(
                 f"round {k}: the samples gave no {cfg.method} training data ({counts.get('candidates')} candidates "
                 f"by grade, in {self.folder(k, 'data') / 'counts.json'}); sample more (sampling --model.sampling_n, "

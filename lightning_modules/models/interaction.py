@@ -122,11 +122,10 @@ class InteractionModule(LightningModule):
         if app_name is None:
             return EmbeddedBackend(model, self.engine_config, self.hparams.request_timeout), model
         if app_name not in self._served:
-            from coral.serving.endpoints import backend_for, resolve
+            from coral.serving.endpoints import backend_for
 
-            served = resolve(app_name).model or model
-            backend = backend_for(app_name, model=served, timeout_s=self.hparams.request_timeout, retry=self.retry)
-            self._served[app_name] = (backend, served)
+            backend = backend_for(app_name, timeout_s=self.hparams.request_timeout, retry=self.retry)
+            self._served[app_name] = (backend, backend.model or model)  # the app's served name, if it has one
         return self._served[app_name]
 
     def _agents(self, instructions: dict[str, str]) -> dict[str, Agent]:

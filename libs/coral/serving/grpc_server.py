@@ -13,13 +13,19 @@ from __future__ import annotations
 
 import hmac
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import cast
 
 import grpc
 
-from coral.backends.base import BackendError, ChatBackend, Completion, Delta, Message, stream_chat
+from coral.backends.base import (
+    BackendError,
+    ChatBackend,
+    Completion,
+    Delta,
+    Message,
+    stream_chat,
+)
 from coral.sampling import SamplingParams
 from coral.serving.proto import coral_chat_pb2 as pb
 from coral.serving.proto import coral_chat_pb2_grpc as pb_grpc
@@ -216,7 +222,7 @@ class ChatServicer(pb_grpc.CoralChatServicer):
         except Exception as exc:  # noqa: BLE001 - see respond
             raise _status(exc) from exc
         finally:
-            await _close(pieces)  # a cancelled call frees the backend at once
+            await pieces.aclose()  # a cancelled call frees the backend at once
 
     def _accept(self, request: pb.ChatRequest, metadata: Metadata) -> tuple[str, ChatCall]:
         """Check the token and the request; returns the served model name and the call for the backend."""
@@ -255,11 +261,6 @@ class ChatServicer(pb_grpc.CoralChatServicer):
                 yield chunk
         except RpcAbort as abort:
             await context.abort(abort.code, abort.details)
-
-
-async def _close(pieces: AsyncIterator[Delta]) -> None:
-    """Close a backend's stream (an async generator) rather than leave it to the garbage collector."""
-    await cast(AsyncGenerator[Delta, None], pieces).aclose()
 
 
 def _served_names(model_names: Sequence[str] | Mapping[str, str] | None) -> dict[str, str] | None:
