@@ -8,7 +8,9 @@ prompt tokens.
 (a) Offline batch: the same work as one batch submitted at once, outside coral. For every request (b) made, one
 request whose prompt is as long as the prompt tokens (b)'s request actually computed (filler text under an empty
 system message) and that generates the same ``tokens`` tokens. Both sides therefore run (nearly) the same number of
-prompt and completion tokens; any difference is reported.
+prompt and completion tokens; any difference is reported. The engine runs at most ``concurrency`` sequences per
+step on both sides, so (a) is the engine's limit at the batch width the conversations use: a wider offline batch
+would measure the batch width, not what coral loses.
 
 Counted on both sides: tokens the engine ran a forward pass for = prompt tokens sent - prompt tokens reused from
 the prefix cache + completion tokens, as the engine reports them per completion. Efficiency = tokens/s (b) /
@@ -49,7 +51,8 @@ class Sizes:
         conversations: conversations in (b), and so the shape of (a).
         turns: generated turns per conversation.
         tokens: tokens generated per turn.
-        concurrency: conversations in flight at once in (b).
+        concurrency: conversations in flight at once in (b); the engine runs at most this many sequences a step
+            on both sides (or ``concurrent``, if that is larger).
         concurrent: requests in flight for the single-vs-concurrent comparison.
         request_tokens: tokens each request generates in that comparison.
     """
@@ -62,7 +65,7 @@ class Sizes:
     request_tokens: int = 64
 
 
-QUICK = Sizes(conversations=10, turns=3, tokens=16, concurrency=10, request_tokens=16)
+QUICK = Sizes(conversations=16, turns=3, tokens=16, concurrency=16, request_tokens=16)
 FULL = Sizes(conversations=32, turns=5, tokens=32, concurrency=32, request_tokens=64)
 
 
@@ -179,7 +182,8 @@ def benchmark(sizes: Sizes, repeats: int) -> Section:
     """Efficiency of conversations vs the offline batch, and the engine's gain from concurrent requests."""
     section = Section("engine", "2. Engine limit vs conversations (embedded engine)")
     with stopwatch() as elapsed:
-        backend = EmbeddedBackend(DEFAULT_MODEL)  # the default engine: float32, batch-invariant
+        config = EngineConfig(max_sequences=max(sizes.concurrency, sizes.concurrent))  # otherwise the defaults
+        backend = EmbeddedBackend(DEFAULT_MODEL, engine=config)
         warm_up(backend)
         results = repeat(repeats, lambda i: measure(backend, sizes, seed=1000 * i))
     section.seconds = elapsed()
@@ -217,7 +221,7 @@ def benchmark(sizes: Sizes, repeats: int) -> Section:
         Check(f"{sizes.concurrent}-concurrent / single throughput", gain.median, ">=", TARGET_CONCURRENCY_GAIN),
     ]
     section.notes += [
-        f"Model {DEFAULT_MODEL}, {EngineConfig()}. Sampling: temperature 1, top_p 1, ignore_eos, fixed max_tokens.",
+        f"Model {DEFAULT_MODEL}, {config}. Sampling: temperature 1, top_p 1, ignore_eos, fixed max_tokens.",
         (
             "Tokens counted (both sides): prompt tokens the engine computed (sent - reused from its prefix cache) + "
             "completion tokens, from each Completion. (a) has one request per request of (b), its prompt as long as "
