@@ -125,7 +125,10 @@ def test_the_tiny_config_parses_with_the_papers_pair_caps():
     cfg = it.parse(["--config", "configs/finetuning/iterative_tiny.yaml"])
     assert (cfg.iterations, cfg.method, cfg.training.lora) == (2, "dpo", True)
     assert (cfg.data.pairs.max_pairs_per_level, cfg.data.pairs.max_pairs_per_problem) == (2, 20)
-    assert "--model.beam_size=3" in cfg.sampling.overrides
+    assert {"--model.beam_size=5", "--model.sampling_n=2"} <= set(cfg.sampling.overrides)  # the paper's beam
+    # A 135M model's short turns seldom state "the answer is (X)": without the judge there are no pairs.
+    assert "--model.extractor.mode=rules_then_judge" in cfg.sampling.overrides
+    assert cfg.training.save_steps < cfg.training.max_steps  # a round killed while training can resume
 
 
 def test_a_round_without_training_data_stops_with_what_the_samples_held(tmp_path, fake, monkeypatch):
