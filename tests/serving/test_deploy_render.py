@@ -153,8 +153,11 @@ def test_matrix_style_literal_and_json_strings():
                                               "use_grpc": True}]))
     assert same == app
     assert parse_names("['a', {'name': 'b'}]") == ["a", "b"]
+    assert [a.name for a in parse_applications("[{name: y, model: m}, {name: z, model: m}]")] == ["y", "z"]  # YAML
     with pytest.raises(DeployError, match="expected a list"):
         parse_applications("42")
+    with pytest.raises(DeployError, match="not a Python literal, JSON or YAML list"):
+        parse_applications("[{name: y")
 
 
 def test_actions_replace_add_remove():

@@ -7,7 +7,6 @@ A thin layer: every verb calls one library function (``coral.serving.cluster``, 
 from __future__ import annotations
 
 import argparse
-import ast
 import dataclasses
 import json
 import sys
@@ -27,6 +26,7 @@ from coral.serving.deploy import (
     deploy_applications,
     load_applications,
     parse_applications,
+    parse_literal,
     parse_names,
 )
 from coral.serving.endpoints import resolve
@@ -55,12 +55,9 @@ def _mapping(flag: str) -> Callable[[str], dict[str, Any]]:
 
     def parse(text: str) -> dict[str, Any]:
         try:
-            value = ast.literal_eval(text)
-        except (ValueError, SyntaxError):
-            try:
-                value = yaml.safe_load(text)
-            except yaml.YAMLError as exc:
-                raise argparse.ArgumentTypeError(f"{flag}: not a mapping: {exc}") from None
+            value = parse_literal(text)
+        except yaml.YAMLError as exc:
+            raise argparse.ArgumentTypeError(f"{flag}: not a mapping: {exc}") from None
         if value is None:
             value = {}
         if not isinstance(value, dict):

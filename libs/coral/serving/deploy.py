@@ -216,15 +216,20 @@ def parse_names(text: str, source: str = "--applications") -> list[str]:
     return names
 
 
-def _literal_list(text: str, source: str) -> list[Any]:
-    """Parse a string as a Python literal, else JSON/YAML; a single mapping becomes a one-item list."""
+def parse_literal(text: str) -> Any:
+    """A value given on a command line: a Python literal, else JSON/YAML (raises ``yaml.YAMLError``)."""
     try:
-        value = ast.literal_eval(text)
+        return ast.literal_eval(text)
     except (ValueError, SyntaxError):
-        try:
-            value = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            raise DeployError(f"{source}: not a Python literal, JSON or YAML list: {exc}") from None
+        return yaml.safe_load(text)
+
+
+def _literal_list(text: str, source: str) -> list[Any]:
+    """Parse a string with ``parse_literal``; a single mapping becomes a one-item list."""
+    try:
+        value = parse_literal(text)
+    except yaml.YAMLError as exc:
+        raise DeployError(f"{source}: not a Python literal, JSON or YAML list: {exc}") from None
     if isinstance(value, (dict, str)):
         value = [value]
     if not isinstance(value, list):
