@@ -9,7 +9,7 @@ _SEP = "\x1f"
 
 def derive_seed(run_seed: int, *parts: object) -> int:
     """A 63-bit seed from the run seed and the request's coordinates (example id, sample, turn, branch, ...)."""
-    return _seed(hashlib.sha256(_SEP.join(map(str, (run_seed, *parts))).encode()).digest())
+    return SeedPrefix(run_seed, *parts).derive()
 
 
 class SeedPrefix:
@@ -26,8 +26,4 @@ class SeedPrefix:
         digest = self._hash.copy()
         if more:
             digest.update((_SEP + _SEP.join(map(str, more))).encode())
-        return _seed(digest.digest())
-
-
-def _seed(digest: bytes) -> int:
-    return int.from_bytes(digest[:8], "big") >> 1
+        return int.from_bytes(digest.digest()[:8], "big") >> 1

@@ -3,9 +3,9 @@
 Each process (rank) appends to its own ``conversations[.rank<N>].jsonl`` and flushes + fsyncs before a record
 counts as done, so a kill loses only conversations still in flight. Records that finish together can be appended
 with one write and one fsync (``append_many``, a group commit), which is what lets thousands of conversations a
-second be stored durably. A line cut short by a kill is ignored on read and
-overwritten on the next append. A rerun reads every rank's file and skips (example, sample) keys already present;
-reading also drops duplicate keys, keeping the first, so a store is always one record per key.
+second be stored durably. A line cut short by a kill is ignored on read and overwritten on the next append. A rerun
+reads every rank's file and skips (example, sample) keys already present; reading also drops duplicate keys,
+keeping the first, so a store is always one record per key.
 """
 
 from __future__ import annotations
