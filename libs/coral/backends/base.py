@@ -47,6 +47,20 @@ class BackendError(RuntimeError):
         self.retryable = retryable
 
 
+class InvalidRequestError(BackendError):
+    """The request can never succeed as sent (a prompt longer than the model's context, ``max_tokens`` past it).
+
+    Servers answer it with 400 / INVALID_ARGUMENT, so clients do not retry it; ``param`` names the culprit field
+    and ``code`` is OpenAI's error code (e.g. ``context_length_exceeded``).
+    """
+
+    status = 400
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
+        super().__init__(message, retryable=False)
+        self.param, self.code = param, code
+
+
 @runtime_checkable
 class ChatBackend(Protocol):
     """Anything that answers chat requests.
