@@ -22,6 +22,7 @@ from coral.backends.models import DEFAULT_MODEL
 from coral.beliefs import BeliefExtractor
 from coral.conversation import PROTOCOLS, Agent, ConversationRunner, RetryPolicy
 from coral.conversation.tree import strategy
+from coral.errors import ConfigError
 from coral.metrics import summary_table, write_metrics
 from coral.sampling import SamplingParams
 from coral.store import ResultStore, read_records
@@ -101,8 +102,11 @@ class InteractionModule(LightningModule):
         compat_metrics: bool = False,
     ) -> None:
         super().__init__()
-        if min(max_turns, sampling_n, beam_size, max_n_processes) < 1:
-            raise ValueError("max_turns, sampling_n, beam_size and max_n_processes must be >= 1")
+        counts = {"max_turns": max_turns, "sampling_n": sampling_n, "beam_size": beam_size,
+                  "max_n_processes": max_n_processes}  # fmt: skip
+        for option, value in counts.items():
+            if value < 1:
+                raise ConfigError(f"model.{option}", f"must be >= 1, got {value}")
         strategy(expansion_strategy)  # an unknown strategy fails at parse time
         self.save_hyperparameters()
         self.extractor_config = extractor
