@@ -14,6 +14,7 @@ import re
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -24,7 +25,7 @@ from typing import Any
 import openai
 import pytest
 from coral.backends import BackendError, ScriptedBackend
-from coral.backends.base import Delta
+from coral.backends.base import Delta, InvalidRequestError
 from coral.sampling import SamplingParams
 from coral.serving.local import LocalServer, serve_local
 from coral.serving.openai_api import build_openai_app
@@ -41,6 +42,8 @@ def script(messages, sampling: SamplingParams):
         return BackendError("engine busy", retryable=True)
     if last == "fail-hard":
         return BackendError("engine broken", retryable=False)
+    if last == "fail-too-long":
+        return InvalidRequestError("prompt of 9000 tokens exceeds the context", param="messages", code="context_length_exceeded")
     return f"seed {sampling.seed} max {sampling.max_tokens} stop {'|'.join(sampling.stop)} t {sampling.temperature}"
 
 
@@ -171,6 +174,72 @@ def test_backend_errors_map_to_status(server):
     broken = http(chat_url(server), {"model": "served", "messages": [{"role": "user", "content": "fail-hard"}]})
     assert busy[0] == 503 and "engine busy" in json.loads(busy[2])["error"]["message"]
     assert broken[0] == 500 and "engine broken" in json.loads(broken[2])["error"]["message"]
+
+
+def test_a_request_the_model_can_never_answer_is_a_400_not_a_retryable_500(server):
+    for stream in (False, True):
+        body = {"model": "served", "messages": [{"role": "user", "content": "fail-too-long"}], "stream": stream}
+        status, _, text = http(chat_url(server), body)
+        error = json.loads(text)["error"]
+        assert status == 400 and error["code"] == "context_length_exceeded" and error["param"] == "messages"
+        assert "9000 tokens exceeds the context" in error["message"] and error["type"] == "invalid_request_error"
+
+
+def raw_request(server: LocalServer, head: bytes, body: bytes = b"") -> socket.socket:
+    """A request written on a plain socket, for what ordinary clients will not send."""
+    connection = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+    connection.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n" + head + b"\r\n" + body)
+    return connection
+
+
+def test_request_bodies_over_the_limit_are_413s_before_they_are_read():
+    backend = ScriptedBackend(script)
+    with LocalServer(build_openai_app(backend, ["m"], max_body_bytes=1000)) as running:
+        # Content-Length alone decides: the 100 MB body is never sent, and the answer comes anyway.
+        with raw_request(running, b"Content-Length: 100000000\r\n") as connection:
+            head, _, body = connection.recv(65536).partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 413") and json.loads(body)["error"]["code"] == "request_too_large"
+        # A chunked body has no declared length: it is cut off once it passes the limit.
+        chunk = json.dumps({"model": "m", "messages": [{"role": "user", "content": "x" * 3000}]}).encode()
+        with raw_request(running, b"Transfer-Encoding: chunked\r\n", b"%x\r\n%s\r\n0\r\n\r\n" % (len(chunk), chunk)) as connection:
+            head, _, body = connection.recv(65536).partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 413") and "larger than 1000 bytes" in json.loads(body)["error"]["message"]
+        assert http(chat_url(running), {"model": "m", "messages": USER}, token=None)[0] == 200
+    assert len(backend.calls) == 1
+
+
+class Hanging(ScriptedBackend):
+    """A backend that never answers and records being cancelled."""
+
+    def __init__(self) -> None:
+        super().__init__(script)
+        self.started, self.cancelled = threading.Event(), threading.Event()
+
+    async def chat(self, messages, sampling, *, model=None, n=1, session_id=None):
+        self.started.set()
+        try:
+            await asyncio.sleep(600)
+        except asyncio.CancelledError:
+            self.cancelled.set()
+            raise
+
+
+def test_a_client_that_leaves_cancels_its_generation():
+    backend = Hanging()
+    with LocalServer(build_openai_app(backend, ["m"])) as running:
+        body = json.dumps({"model": "m", "messages": USER}).encode()
+        connection = raw_request(running, b"Content-Length: %d\r\n" % len(body), body)
+        assert backend.started.wait(10)
+        connection.close()
+        assert backend.cancelled.wait(10), "the backend kept generating for a client that had gone"
+
+
+def test_no_api_description_routes_even_with_a_token(server):
+    """``/docs``, ``/redoc`` and ``/openapi.json`` would describe the API to anyone: they do not exist."""
+    root = server.base_url.removesuffix("/v1")
+    for path in ("/openapi.json", "/docs", "/redoc", "/docs/oauth2-redirect"):
+        assert http(root + path, token=None)[0] == 404
+        assert http(root + path)[0] == 404
 
 
 def test_streaming_from_a_streaming_backend(server):

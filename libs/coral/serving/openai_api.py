@@ -8,10 +8,15 @@ The app keeps all its state in its closure, so the same object can be served by 
 ingress. Each answer names the replica that produced it (top-level ``replica`` and the ``x-coral-replica``
 header), which lets clients and tests check sticky routing; the conversation id arrives in Ray Serve's
 ``serve_multiplexed_model_id`` header and reaches the backend as ``session_id``.
+
+Hostile or careless clients are bounded: a request body over ``max_body_bytes`` is refused with 413 before it is
+read (one 50 MB body used to grow the server by 7 GB), a request the model can never answer (prompt past the
+context) is a 400, not a 500 that clients retry, and a generation stops when its client goes away.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -20,15 +25,16 @@ import secrets
 import socket
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from coral.backends.base import BackendError, ChatBackend, Completion, Delta, stream_chat
 from coral.backends.http import REPLICA_HEADER, SESSION_HEADER
@@ -38,6 +44,8 @@ log = logging.getLogger(__name__)
 
 MAX_N = 128
 """Most completions one request may ask for."""
+MAX_BODY_BYTES = 4 * 2**20
+"""Default largest request body: a full 8k-token conversation is ~40 KB of JSON, so 4 MiB leaves ample room."""
 
 
 class APIError(Exception):
@@ -125,6 +133,7 @@ def build_openai_app(
     *,
     token: str | None = None,
     replica: str | Callable[[], str] | None = None,
+    max_body_bytes: int = MAX_BODY_BYTES,
 ) -> FastAPI:
     """An OpenAI-compatible app serving ``backend``.
 
@@ -132,9 +141,11 @@ def build_openai_app(
         backend: answers the requests.
         model_names: the names clients may ask for. A list passes the name to the backend as its model; a mapping
             {served name: backend model} serves a model under another name.
-        token: when set, every ``/v1`` route needs ``Authorization: Bearer <token>``; ``/health`` never does.
+        token: when set, every ``/v1`` route needs ``Authorization: Bearer <token>``; ``/health`` never does (it
+            tells nothing but "ok"). There are no ``/docs``, ``/redoc`` or ``/openapi.json`` routes to leak the API.
         replica: this replica's name in answers, or a function giving it per request (e.g. Ray Serve's replica id);
             default: ``<hostname>:<pid>``.
+        max_body_bytes: largest request body; a larger one is answered 413 before it is read.
     """
     served = dict(model_names) if isinstance(model_names, Mapping) else {name: name for name in model_names}
     if not served:
@@ -154,8 +165,9 @@ def build_openai_app(
         if scheme.lower() != "bearer" or not secrets.compare_digest(given.strip().encode(), token.encode()):
             raise APIError(401, "missing or wrong bearer token (Authorization: Bearer <token>)", "authentication_error", "invalid_api_key")
 
-    app = FastAPI(title="coral OpenAI-compatible API", docs_url=None, redoc_url=None)
+    app = FastAPI(title="coral OpenAI-compatible API", docs_url=None, redoc_url=None, openapi_url=None)
     _add_error_handlers(app)
+    app.add_middleware(_BodyLimit, limit=max_body_bytes)
     v1 = APIRouter(prefix="/v1", dependencies=[Depends(require_token)])
 
     @app.get("/health")
@@ -187,7 +199,10 @@ def build_openai_app(
             events = await _stream_events(call, answer, include_usage)
             return StreamingResponse(events, media_type="text/event-stream", headers=headers)
         try:
-            completions = await call.run()
+            completions = await _unless_disconnected(request, call.run())
+        except _ClientGone:
+            log.info("client left before its answer; generation cancelled")
+            return Response(status_code=499)  # nginx's "client closed request": nobody reads it
         except BackendError as exc:
             raise _backend_failure(exc) from None
         return JSONResponse(answer.completion(completions), headers=headers)
@@ -222,13 +237,69 @@ def _add_error_handlers(app: FastAPI) -> None:
         return APIError(500, f"internal error: {type(exc).__name__}: {exc}", "server_error", "internal_error").response()
 
 
+class _BodyLimit:
+    """Answers 413 to a request body over ``limit`` bytes before it is parsed: at once when Content-Length says
+    so, else as soon as the bytes received pass the limit (chunked uploads). Recent FastAPI has ``max_body_size``;
+    Ray Serve pins no FastAPI version, so this does not rely on it."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > self.limit:
+            await self._too_large().response()(scope, receive, send)
+            return
+        received = 0
+
+        async def counted() -> Message:
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.limit:  # reaches the app's HTTPException handler, as an OpenAI-shaped 413
+                raise HTTPException(413, self._too_large().message)
+            return message
+
+        await self.app(scope, counted, send)
+
+    def _too_large(self) -> APIError:
+        return APIError(413, f"request body larger than {self.limit} bytes", "invalid_request_error", "request_too_large")
+
+
+class _ClientGone(Exception):
+    pass
+
+
+async def _unless_disconnected(request: Request, work: Awaitable[list[Completion]]) -> list[Completion]:
+    """Await ``work``, cancelling it (and so the engine's sequences) if the client disconnects first."""
+
+    async def disconnected() -> None:
+        while (await request.receive())["type"] != "http.disconnect":  # the body is read: only the end can come
+            pass
+
+    task, watcher = asyncio.ensure_future(work), asyncio.ensure_future(disconnected())
+    try:
+        done, _ = await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+        if not task.done():
+            task.cancel()
+    if task not in done:
+        raise _ClientGone
+    return task.result()
+
+
 def _backend_failure(exc: BackendError) -> APIError:
-    """503 when trying again may help; a proxied client error keeps its status; anything else is a 500."""
+    """503 when trying again may help; a client error (a proxied one, or a request the model can never answer)
+    keeps its status, code and field; anything else is a 500."""
     if exc.retryable:
         return APIError(503, str(exc), "server_error", "backend_unavailable")
     status = getattr(exc, "status", None)
     if isinstance(status, int) and 400 <= status < 500:
-        return APIError(status, str(exc), "invalid_request_error")
+        return APIError(status, str(exc), "invalid_request_error", getattr(exc, "code", None), getattr(exc, "param", None))
     return APIError(500, str(exc), "server_error", "backend_error")
 
 
