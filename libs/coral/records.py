@@ -11,7 +11,9 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+READABLE_VERSIONS = (1, 2)
+"""Versions ``from_dict`` reads. v2 added ``Turn.judge_reply``; a v1 record reads with it None (not recorded)."""
 
 
 @dataclass
@@ -30,7 +32,9 @@ class Turn:
     ``belief`` is the normalised answer the turn commits to, or None when it commits to none (the reference's
     "not sure yet"). ``belief_class`` numbers the distinct beliefs of one conversation under the task's
     equivalence (``0.5`` and ``\\frac12`` share a class on MATH), so social metrics can compare beliefs without
-    re-running the grader.
+    re-running the grader. ``judge_reply`` is the judge's raw reply when the judge was asked (None otherwise, or
+    when its call failed): the belief is what the task read from it, and compat metrics need the reply itself,
+    since the reference kept a reply it could not read as the belief "Error: <reply>".
 
     Tree mode (``beam_size > 1``): the turn is the candidate that continued the conversation, and ``siblings``
     are the other candidates generated from the same prefix (every earlier turn of the record), each annotated
@@ -51,6 +55,7 @@ class Turn:
     belief_method: str | None = None  # "rule" | "judge" | "none"
     belief_class: int | None = None
     extraction_error: str | None = None
+    judge_reply: str | None = None
     extraction_usage: Usage = field(default_factory=Usage)
     correct: bool | None = None
     agreement: bool = False
@@ -104,7 +109,7 @@ class ConversationRecord:
     def from_dict(cls, data: dict[str, Any]) -> ConversationRecord:
         data = dict(data)
         version = data.get("schema_version", SCHEMA_VERSION)
-        if version != SCHEMA_VERSION:
-            raise ValueError(f"record schema_version {version} is not supported (expected {SCHEMA_VERSION})")
+        if version not in READABLE_VERSIONS:
+            raise ValueError(f"record schema_version {version} is not supported (readable: {READABLE_VERSIONS})")
         data["turns"] = [Turn.from_dict(t) for t in data["turns"]]
         return cls(**data)

@@ -49,7 +49,7 @@ async def test_rules_then_judge_skips_the_judge_when_rules_succeed() -> None:
     judge = ScriptedJudge("(B)")
     extractor = BeliefExtractor(backend=judge, model="judge-model")
     result = await extractor.extract(MMLU, MMLU_EXAMPLE, "I lean towards the second option.", seed=17)
-    assert result == Extraction("B", "judge", None, 120, 7)
+    assert result == Extraction("B", "judge", None, 120, 7, "(B)")
     ((messages, sampling, model),) = judge.requests
     assert model == "judge-model"
     assert sampling == SamplingParams(temperature=0.0, top_p=1.0, max_tokens=32, seed=17)
@@ -63,8 +63,19 @@ async def test_judge_mode_always_asks_the_judge() -> None:
     first = await extractor.extract(MATH, MATH_EXAMPLE, r"Rules would say $\boxed{2}$.")
     assert (first.belief, first.method) == ("3", "judge")
     second = await extractor.extract(MATH, MATH_EXAMPLE, "Let me think.")
-    assert second == Extraction(None, "judge", None, 120, 7)
+    assert second == Extraction(None, "judge", None, 120, 7, "not sure yet")
     assert judge.requests[0][1].seed is None  # no seed given, the configured sampling is sent as is
+
+
+@pytest.mark.asyncio
+async def test_an_unreadable_judge_reply_is_kept() -> None:
+    # the reference kept such a reply as the belief "Error: <reply>" (reference 3.3); coral keeps no belief but
+    # records the reply, so compat metrics can rebuild the reference's belief string
+    judge = ScriptedJudge("I think it is the second one", r"\boxed{2}")
+    extractor = BeliefExtractor(mode="judge", backend=judge)
+    letter = await extractor.extract(MMLU, MMLU_EXAMPLE, "Hmm.")
+    assert letter == Extraction(None, "judge", None, 120, 7, "I think it is the second one")
+    assert (await extractor.extract(MATH, MATH_EXAMPLE, "Hmm.")).reply == r"\boxed{2}"
 
 
 @pytest.mark.asyncio
@@ -74,7 +85,7 @@ async def test_judge_failure_is_an_error_never_a_belief() -> None:
     result = await extractor.extract(MMLU, MMLU_EXAMPLE, "Error: extraction network error")
     assert result.belief is None and result.method == "judge"
     assert result.error is not None and "extraction network error" in result.error and "3 attempt" in result.error
-    assert (result.prompt_tokens, result.completion_tokens) == (0, 0)
+    assert (result.prompt_tokens, result.completion_tokens, result.reply) == (0, 0, None)
     assert len(judge.requests) == 3
 
 
@@ -83,7 +94,7 @@ async def test_judge_retries_then_succeeds() -> None:
     judge = ScriptedJudge(RuntimeError("connection reset"), "(E)")
     extractor = BeliefExtractor(mode="rules_then_judge", backend=judge, backoff_s=0.001)
     result = await extractor.extract(MMLU, MMLU_EXAMPLE, "Hmm.")
-    assert result == Extraction("E", "judge", None, 120, 7)
+    assert result == Extraction("E", "judge", None, 120, 7, "(E)")
     assert len(judge.requests) == 2
 
 

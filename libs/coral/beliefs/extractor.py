@@ -25,7 +25,8 @@ class Extraction:
 
     ``method`` is "rule" when the task's parser found the belief, "judge" when the judge was asked (whatever it
     answered), and "none" when rules alone found nothing. ``error`` is set only when the judge call failed; the
-    token counts are the judge's (0 for rules).
+    token counts are the judge's (0 for rules). ``reply`` is the judge's raw reply whenever it gave one, so a
+    reply the task could not read is kept (compat metrics need it).
     """
 
     belief: str | None
@@ -33,6 +34,7 @@ class Extraction:
     error: str | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    reply: str | None = None
 
 
 class BeliefExtractor:
@@ -117,5 +119,5 @@ class BeliefExtractor:
                 continue
             reply = completions[0]
             belief = task.parse_judge_output(reply.text, example)
-            return Extraction(belief, "judge", None, reply.prompt_tokens, reply.completion_tokens)
+            return Extraction(belief, "judge", None, reply.prompt_tokens, reply.completion_tokens, reply.text)
         return Extraction(None, "judge", error)

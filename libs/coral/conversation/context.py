@@ -110,6 +110,7 @@ class ConversationContext:
             seed = self.seed("judge", turn.index, turn.seed)
             found = await self.extractor.ask_judge(self.task, self.example, turn.text, seed, self.session_id)
         turn.belief, turn.belief_method, turn.extraction_error = found.belief, found.method, found.error
+        turn.judge_reply = found.reply
         turn.extraction_usage = Usage(found.prompt_tokens, found.completion_tokens)
         turn.correct = False
         if turn.belief is not None:
