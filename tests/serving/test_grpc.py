@@ -12,11 +12,11 @@ import grpc
 import pytest
 
 from coral.backends import BackendError, ScriptedBackend
-from coral.backends.base import BACKENDS, Delta
+from coral.backends.base import BACKENDS, Delta, InvalidRequestError
 from coral.backends.grpc_client import GrpcBackend
 from coral.backends.retry import RetryPolicy
 from coral.sampling import SamplingParams
-from coral.serving.grpc_server import ChatServicer, serve_grpc
+from coral.serving.grpc_server import ChatServicer, RpcAbort, serve_grpc, to_request
 from coral.serving.proto import coral_chat_pb2 as pb
 from coral.serving.proto import coral_chat_pb2_grpc as pb_grpc
 
@@ -165,6 +165,26 @@ def test_bad_input_and_engine_faults_are_not_retried():
     assert "INVALID_ARGUMENT" in str(invalid) and "messages[0].role" in str(invalid) and not invalid.retryable
     assert "INTERNAL" in str(internal) and "chat template rejects it" in str(internal) and not internal.retryable
     assert len(backend.calls) == 1  # the invalid request never reached the backend; the fault was not retried
+
+
+def test_a_request_the_model_can_never_answer_is_invalid_argument():
+    too_long = InvalidRequestError("prompt of 9000 tokens exceeds the context", param="messages")
+    servicer = ChatServicer(ScriptedBackend(lambda messages, sampling: too_long))
+
+    async def scenario():
+        aborts = []
+        for call in (servicer.respond, lambda request: anext(servicer.stream(request))):  # unary, then streamed
+            try:
+                await call(to_request(ASK, SamplingParams()))
+            except RpcAbort as abort:
+                aborts.append(abort)
+        return aborts
+
+    aborts = asyncio.run(scenario())
+    assert len(aborts) == 2
+    for abort in aborts:
+        assert abort.code == grpc.StatusCode.INVALID_ARGUMENT
+        assert abort.details == "ChatRequest.messages: prompt of 9000 tokens exceeds the context"
 
 
 def test_token_is_required_when_set():

@@ -23,6 +23,7 @@ from coral.backends.base import (
     ChatBackend,
     Completion,
     Delta,
+    InvalidRequestError,
     Message,
     stream_chat,
 )
@@ -273,9 +274,12 @@ def _served_names(model_names: Sequence[str] | Mapping[str, str] | None) -> dict
 
 
 def _status(exc: Exception) -> RpcAbort:
-    """Retryable backend errors become UNAVAILABLE (clients retry); anything else INTERNAL (they do not)."""
+    """Retryable backend errors become UNAVAILABLE (clients retry); a request the model can never answer
+    INVALID_ARGUMENT; anything else INTERNAL (neither is retried)."""
     if isinstance(exc, BackendError) and exc.retryable:
         return RpcAbort(grpc.StatusCode.UNAVAILABLE, str(exc))
+    if isinstance(exc, InvalidRequestError):
+        return _invalid(f"ChatRequest.{exc.param or 'messages'}: {exc}")
     return RpcAbort(grpc.StatusCode.INTERNAL, f"{type(exc).__name__}: {exc}")
 
 
