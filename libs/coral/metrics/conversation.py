@@ -49,10 +49,11 @@ def _flag(value: bool) -> float:
 
 
 def _turn_counts(record: ConversationRecord, compat: bool) -> Metrics:
-    """``conv_err``: a generation failure ended the conversation; ``total_turns``: its length."""
-    last = record.turns[-1]
+    """``conv_err``: a generation failure ended the conversation, or it raised (stored with no turns at all);
+    ``total_turns``: its length."""
+    errored = not record.turns or record.turns[-1].error is not None
     total = len(record.turns) if compat else len(_generated(record))
-    return {"conv_err": _flag(last.error is not None), "total_turns": float(total)}
+    return {"conv_err": _flag(errored), "total_turns": float(total)}
 
 
 def _lengths(record: ConversationRecord, compat: bool) -> Metrics:
@@ -75,8 +76,12 @@ def _lengths(record: ConversationRecord, compat: bool) -> Metrics:
 
 
 def _extraction(record: ConversationRecord, compat: bool) -> Metrics:
-    """How belief extraction went, over the rated turns (generated turns whose generation succeeded)."""
-    rated = _answered(record)
+    """How belief extraction went, over the rated turns (generated turns whose generation succeeded).
+
+    Compat rates the errored turn too, as the reference did: its judge read the error text and found no answer
+    (a rated turn with no valid answer and no extraction error).
+    """
+    rated = _generated(record) if compat else _answered(record)
     metrics: Metrics = {"rated_turns": float(len(rated))}
     rates = {
         "extractor_err_rate": [turn.extraction_error is not None for turn in rated],

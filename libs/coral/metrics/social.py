@@ -15,13 +15,13 @@ with no belief as the sentinel "unsure", and leaves a generation-errored turn ou
 no previous belief of its own, so it is never assertive; the last turn has no partner reply, so it is never
 persuasive; a rate over an empty set is None (left out of the mean over conversations).
 
-Compat mode reproduces the reference (``eval_utils.social_behavior_metrics``): beliefs are compared as
-strings, "not sure yet" is an ordinary belief, an errored turn stays in the sequence, turn 1's "own previous
-belief" is the float 0.5 (never equal to a string, so turn 1 is never assertive, the same outcome as the
-corrected rule; without that placeholder ``ans[-1]`` would wrap to the last turn), the last turn's "partner
-reply" is the partner's previous belief (so it can never be persuasive), and rates over an empty set are 0.0.
-The reference would crash (KeyError) on an errored turn, which carries no extracted answer; compat treats it
-as "not sure yet".
+Compat mode reproduces the reference (``eval_utils.social_behavior_metrics``): beliefs are compared as the
+reference's belief strings (``reference_belief``: "not sure yet" and "Error: <judge reply>" are ordinary
+beliefs), an errored turn stays in the sequence, turn 1's "own previous belief" is the float 0.5 (never equal
+to a string, so turn 1 is never assertive, the same outcome as the corrected rule; without that placeholder
+``ans[-1]`` would wrap to the last turn), the last turn's "partner reply" is the partner's previous belief (so
+it can never be persuasive), and rates over an empty set are 0.0. The reference rated an errored turn like any
+other: its judge read the error text, which names no answer, so the turn's belief was "not sure yet".
 """
 
 from __future__ import annotations
@@ -37,6 +37,9 @@ COMPAT_UNSURE = "not sure yet"
 """The reference's belief string for "no answer"; in compat mode it compares equal like any other belief."""
 UNSURE_SCORE = 0.5
 """Score of a turn without a belief (the reference's ``not_sure_score``)."""
+
+COMPAT_JUDGE_FAILED = "Error: extraction network error"
+"""The reference's belief string for a turn whose judge call failed."""
 
 _COMPAT_NO_SELF_PREV = 0.5  # the reference's placeholder for turn 1's own previous belief
 _MISSING = object()  # corrected mode: "there is no such turn"; equal to nothing
@@ -55,22 +58,46 @@ def belief_sequence(record: ConversationRecord, compat: bool = False) -> tuple[l
     later = record.turns[1:] if compat else [t for t in record.turns[1:] if t.error is None]
     unsure = COMPAT_UNSURE if compat else UNSURE
     tokens = [unsure] + [_token(turn, compat) for turn in later]
-    scores = [UNSURE_SCORE] + [_score(turn) for turn in later]
+    scores = [UNSURE_SCORE] + [_score(turn, compat) for turn in later]
     return tokens, scores
 
 
-def _token(turn: Turn, compat: bool) -> Hashable:
-    if turn.belief is None:
-        return COMPAT_UNSURE if compat else UNSURE
-    if compat:
+def reference_belief(turn: Turn) -> str:
+    """The belief string the reference's extractor would have given a generated turn (reference 3.3).
+
+    A failed generation: "not sure yet" (the reference's judge read the error text, which names no answer). A
+    belief: itself. A failed judge call: "Error: extraction network error". A judge reply the task could not read:
+    "not sure yet" if the reply says so anywhere, else "Error: <reply>" (such a reply was no valid answer, but a
+    belief all the same). Otherwise (no judge asked, or a v1 record, which kept no reply): "not sure yet".
+    """
+    if turn.error is not None:
+        return COMPAT_UNSURE
+    if turn.belief is not None:
         return turn.belief
+    if turn.extraction_error is not None:
+        return COMPAT_JUDGE_FAILED
+    reply = turn.judge_reply
+    return COMPAT_UNSURE if reply is None or COMPAT_UNSURE in reply.lower() else f"Error: {reply}"
+
+
+def _token(turn: Turn, compat: bool) -> Hashable:
+    if compat:
+        return reference_belief(turn)
+    if turn.belief is None:
+        return UNSURE
     if turn.belief_class is None:  # a producer that did not number classes: fall back to the string
         return ("belief", turn.belief)
     return ("class", turn.belief_class)
 
 
-def _score(turn: Turn) -> float:
-    if turn.belief is None:
+def _score(turn: Turn, compat: bool) -> float:
+    """1 correct, 0 wrong, 0.5 no belief; compat: 0.5 only for "not sure yet", and "Error: ..." counts as wrong.
+
+    The reference graded "Error: ..." strings with its matcher, which almost always gave 0 (the README lists
+    the exceptions).
+    """
+    unsure = reference_belief(turn) == COMPAT_UNSURE if compat else turn.belief is None
+    if unsure:
         return UNSURE_SCORE
     return 1.0 if turn.correct is True else 0.0
 
