@@ -7,8 +7,9 @@ import asyncio
 import pytest
 import torch
 
-from coral.backends import BackendError, EmbeddedBackend
+from coral.backends import BackendError, EmbeddedBackend, EngineConfig
 from coral.backends import packed
+from coral.backends.base import InvalidRequestError
 from coral.sampling import SamplingParams
 
 pytestmark = pytest.mark.timeout(600)
@@ -102,11 +103,54 @@ def test_packed_attention_matches_the_reference_implementation(backend):
     reference_model, _ = models.load(engine.model_name)
     with torch.inference_mode():
         expected = reference_model(torch.tensor([tokens])).logits[0, -1]
-    store = packed.KVStore(*engine._kv_shape)
-    seq = type("Seq", (), {"feed": tokens, "kv": store})()
-    got = engine._forward([seq])[0]
+    got = engine._forward([(packed.KVStore(*engine._kv_shape), tokens)])[0]
     assert torch.allclose(got, expected, atol=1e-3)
     assert int(got.argmax()) == int(expected.argmax())
+
+
+def test_a_prompt_or_max_tokens_past_the_context_is_an_invalid_request(backend):
+    """Not a failure worth retrying: HTTP answers it 400 and gRPC INVALID_ARGUMENT, naming the field."""
+    run(backend.chat(ask(1), SamplingParams(max_tokens=1)))  # loaded: the context is known
+    context = backend.engine()._context
+    huge = [{"role": "user", "content": "word " * (context + 10)}]
+    with pytest.raises(InvalidRequestError, match=f"does not fit the model's context of {context} tokens") as raised:
+        run(backend.chat(huge, SamplingParams(max_tokens=4)))
+    assert raised.value.param == "messages" and raised.value.code == "context_length_exceeded"
+    with pytest.raises(InvalidRequestError, match=f"max_tokens {context + 1} exceeds") as raised:
+        run(backend.chat(ask(1), SamplingParams(max_tokens=context + 1)))
+    assert raised.value.param == "max_tokens" and not raised.value.retryable
+    assert run(backend.chat(ask(1), SamplingParams(max_tokens=2)))[0].completion_tokens == 2  # still serving
+
+
+LONG = [{"role": "user", "content": "Add these up: " + ", ".join(str(i * 37 % 101) for i in range(160))}]
+
+
+def test_a_long_prompt_is_read_in_chunks_beside_short_ones_and_answers_as_alone():
+    """A prompt over max_step_tokens neither waits for the engine to empty nor blocks the requests behind it."""
+    chunked = EmbeddedBackend(engine=EngineConfig(max_step_tokens=96, prefill_chunk=32, threads=1))
+    greedy = SamplingParams(temperature=0.0, max_tokens=6)
+    events: list[str] = []
+
+    async def short(i: int) -> None:
+        await chunked.chat(ask(i), SamplingParams(temperature=0.0, max_tokens=3))
+        events.append(f"short {i}")
+
+    async def long() -> str:
+        text = ""
+        async for delta in chunked.chat_stream(LONG, greedy):
+            events.append("long")
+            text += delta.text
+        return text
+
+    async def scenario():
+        results = await asyncio.gather(short(0), long(), short(1), short(2))  # submitted in this order
+        alone = (await chunked.chat(LONG, greedy))[0]
+        return results[1], alone
+
+    streamed, alone = run(scenario())
+    assert alone.prompt_tokens > 3 * 96  # many steps' worth of prompt
+    assert events.index("long") == 3, events  # every short request finished before the long one said a word
+    assert streamed == alone.text and alone.completion_tokens == 6
 
 
 def test_unknown_model_fails_with_a_clear_error():

@@ -1,10 +1,12 @@
 """The embedded backend: an in-process transformers model serving many concurrent conversations.
 
 One worker thread per model runs a continuous-batching loop. Every step packs the new tokens of all running
-sequences into one forward pass (see ``coral.backends.packed``): newcomers join at the next step with their
-whole prompt, finished sequences leave at once, so no request waits for another to finish. Each request samples
-with its own seeded generator and a sequence's numbers never depend on what else is in the batch, so the same
-(prompt, seed) gives the same completion however busy the engine is.
+sequences into one forward pass (see ``coral.backends.packed``): one token of each decoding sequence, and a chunk
+of each prompt still being read. Newcomers join at the next step and finished sequences leave at once, so no
+request waits for another to finish; a long prompt is read a chunk per step beside the others instead of holding
+them up. Each request samples with its own seeded generator and a sequence's numbers never depend on what else is
+in the batch (chunk boundaries depend only on the prompt), so the same (prompt, seed) gives the same completion
+however busy the engine is.
 
 Turns of one conversation share a growing prefix. When a request names a ``session_id``, the keys and values of
 that session's previous request stay in a bounded cache and the next request recomputes only the tokens after
@@ -31,7 +33,7 @@ from dataclasses import dataclass, field
 import torch
 
 from coral.backends import models, packed
-from coral.backends.base import BACKENDS, BackendError, Completion, Delta, Message
+from coral.backends.base import BACKENDS, BackendError, Completion, Delta, InvalidRequestError, Message
 from coral.sampling import SamplingParams
 
 log = logging.getLogger(__name__)
@@ -43,7 +45,10 @@ class EngineConfig:
 
     Args:
         max_sequences: most sequences decoded together in one step.
-        max_step_tokens: prompt tokens admitted per step (a longer prompt still runs, alone).
+        max_step_tokens: prompt tokens run in one step, over all sequences (decoding tokens come on top).
+        prefill_chunk: most prompt tokens of one sequence run in one step: a longer prompt is read over several
+            steps, so it neither waits for the engine to empty nor stalls the sequences decoding beside it. Keep
+            it well below ``max_step_tokens`` so that other prompts fit beside a long one.
         prefix_cache_mb: memory for keys and values kept between turns of a session.
         threads: torch threads for the worker (None: torch's default, one per core).
         dtype: weights' dtype, ``float32`` or ``bfloat16``. float32 is batch-invariant (a request's tokens never
@@ -54,6 +59,7 @@ class EngineConfig:
 
     max_sequences: int = 32
     max_step_tokens: int = 4096
+    prefill_chunk: int = 512
     prefix_cache_mb: int = 2048
     threads: int | None = None
     dtype: str = "float32"
@@ -61,6 +67,9 @@ class EngineConfig:
     def __post_init__(self) -> None:
         if self.dtype not in ("float32", "bfloat16"):
             raise ValueError(f"EngineConfig.dtype must be float32 or bfloat16, got {self.dtype!r}")
+        for name in ("max_sequences", "max_step_tokens", "prefill_chunk"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"EngineConfig.{name} must be >= 1, got {getattr(self, name)}")
 
 
 @dataclass
@@ -231,7 +240,7 @@ class EmbeddedEngine:
         self._eos = set(eos if isinstance(eos, list) else [eos]) | {self.tokenizer.eos_token_id}
 
     def _drain(self, running: int) -> list[_Request]:
-        """Take queued requests up to the step's token and sequence budgets; handle control messages.
+        """Take queued requests up to the sequence budget; handle control messages.
 
         Blocks only when nothing is running or waiting, so an idle engine costs no CPU.
         """
@@ -249,40 +258,49 @@ class EmbeddedEngine:
             else:
                 self._waiting.append(item)
             block = False
-        admitted, budget = [], self.config.max_step_tokens
+        admitted = []
         while self._waiting:
             request = self._waiting[0]
-            cost = len(self._tokenize(request) or ())
-            fits = running + request.n <= self.config.max_sequences and cost <= budget
-            if not fits and (running or admitted):  # an idle engine always takes the next request
-                break
-            budget -= cost
+            if running + request.n > self.config.max_sequences and (running or admitted):
+                break  # an idle engine always takes the next request
             running += request.n
             admitted.append(self._waiting.pop(0))
         return admitted
 
     def _tokenize(self, request: _Request) -> list[int] | None:
-        """The request's prompt tokens (computed once); None if the chat template rejects its messages."""
-        if not request.prompt and self._load_error is None:
-            try:
-                encoded = self.tokenizer.apply_chat_template(request.messages, tokenize=True, add_generation_prompt=True)
-                request.prompt = list(encoded["input_ids"] if hasattr(encoded, "keys") else encoded)
-            except Exception as exc:  # noqa: BLE001 - a bad request must not stop the engine
-                self._reply(request, error=BackendError(f"cannot apply chat template: {exc}", retryable=False))
-                return None
-        return request.prompt
+        """The request's prompt tokens; None (the request answered with an error) if it cannot be served."""
+        try:
+            encoded = self.tokenizer.apply_chat_template(request.messages, tokenize=True, add_generation_prompt=True)
+        except Exception as exc:  # noqa: BLE001 - a bad request must not stop the engine
+            self._reply(request, error=BackendError(f"cannot apply chat template: {exc}", retryable=False))
+            return None
+        prompt = list(encoded["input_ids"] if hasattr(encoded, "keys") else encoded)
+        problem = None
+        if len(prompt) >= self._context:
+            problem = InvalidRequestError(
+                f"prompt of {len(prompt)} tokens does not fit the model's context of {self._context} tokens "
+                "(one token must be left to generate)", param="messages", code="context_length_exceeded")
+        elif request.sampling.max_tokens > self._context:
+            problem = InvalidRequestError(
+                f"max_tokens {request.sampling.max_tokens} exceeds the model's context of {self._context} tokens "
+                "(a completion still ends where the context does, finish_reason 'length')", param="max_tokens",
+                code="context_length_exceeded")
+        if problem is not None:
+            self._reply(request, error=problem)
+            return None
+        return prompt
 
     def _start(self, request: _Request) -> _Sequence | None:
         """Tokenise a request and make its first sequence, reusing the session's cached prefix if any."""
         if self._load_error is not None:
             self._reply(request, error=BackendError(f"model failed to load: {self._load_error}", retryable=False))
             return None
+        if request.future.cancelled():
+            return None
         prompt = self._tokenize(request)
-        if request.future.cancelled() or prompt is None:
+        if prompt is None:
             return None
-        if len(prompt) >= self._context:
-            self._reply(request, error=BackendError(f"prompt of {len(prompt)} tokens exceeds the context", retryable=False))
-            return None
+        request.prompt = prompt
         request.outputs = [None] * request.n
         reused, kv = (0, None)
         if request.session_id is not None:
@@ -297,31 +315,59 @@ class EmbeddedEngine:
         generator.manual_seed(((sampling.seed or 0) + sample) % 2**63)
         return generator
 
+    def _schedule(self, running: list[_Sequence]) -> dict[int, int]:
+        """How many of its pending tokens each sequence runs this step, by ``id``: every decoding sequence its one
+        token; prompts a chunk each, oldest first, while ``max_step_tokens`` allows (the oldest always runs).
+
+        A prompt's chunks are ``prefill_chunk`` tokens from where it starts, whatever runs beside it (a chunk that
+        does not fit waits whole for the next step), so its numbers never depend on its neighbours.
+        """
+        budget = self.config.max_step_tokens
+        chunk = min(self.config.prefill_chunk, budget)
+        counts = {}
+        for seq in running:
+            if seq.generated:
+                counts[id(seq)] = 1
+                continue
+            count = min(chunk, len(seq.feed))
+            if count <= budget:
+                counts[id(seq)] = count
+                budget -= count
+        return counts
+
     def _step(self, running: list[_Sequence]) -> list[_Sequence]:
-        """One forward pass over every running sequence; returns those still running."""
+        """One forward pass over the scheduled tokens of the running sequences; returns those still running."""
+        counts = self._schedule(running)
+        batch = [seq for seq in running if id(seq) in counts]
         try:
-            logits = self._forward(running)
+            logits = self._forward([(seq.kv, seq.feed[: counts[id(seq)]]) for seq in batch])
         except Exception as exc:  # noqa: BLE001 - fail this batch, keep serving
             log.exception("engine step failed")
             self._fail_all(running, BackendError(f"engine step failed: {exc}"))
             return []
+        rows = {id(seq): row for seq, row in zip(batch, logits)}
         still = []
-        for seq, row in zip(running, logits):
-            seq.fed.extend(seq.feed)
-            if len(seq.generated) == 0 and seq.request.n > 1 and seq.sample == 0:
-                still.extend(self._fork(seq, row))
+        for seq in running:
+            count = counts.get(id(seq), 0)
+            seq.fed.extend(seq.feed[:count])
+            del seq.feed[:count]
+            if seq.feed:  # a prompt with chunks left, or one that waited for room
+                still.append(seq)
+            elif len(seq.generated) == 0 and seq.request.n > 1 and seq.sample == 0:
+                still.extend(self._fork(seq, rows[id(seq)]))
             else:
-                still.extend(self._advance(seq, row))
+                still.extend(self._advance(seq, rows[id(seq)]))
         return still
 
-    def _forward(self, running: list[_Sequence]) -> torch.Tensor:
+    def _forward(self, work: list[tuple[packed.KVStore, list[int]]]) -> torch.Tensor:
+        """Run each (KV store, new tokens) pair's tokens after its stored ones; the logits of each pair's last token."""
         ids: list[int] = []
         positions: list[int] = []
         segments, last = [], []
-        for seq in running:
-            segments.append(packed.Segment(len(ids), len(seq.feed), seq.kv))
-            positions.extend(range(seq.kv.length, seq.kv.length + len(seq.feed)))
-            ids.extend(seq.feed)
+        for kv, tokens in work:
+            segments.append(packed.Segment(len(ids), len(tokens), kv))
+            positions.extend(range(kv.length, kv.length + len(tokens)))
+            ids.extend(tokens)
             last.append(len(ids) - 1)
         with torch.inference_mode():
             out = self.model(
