@@ -1,11 +1,23 @@
-"""Loggers: CSV by default (configs/common); W&B when configured, offline unless an API key is present."""
+"""Loggers: CSV by default (configs/common), inside the run's folder; W&B when configured, offline without a key."""
 
 from __future__ import annotations
 
 import os
 from typing import Any
 
-from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.loggers import CSVLogger, WandbLogger
+
+
+class CoralCSVLogger(CSVLogger):
+    """``CSVLogger`` whose ``save_dir`` may be left out: ``trainer.py`` then puts the logs in
+    ``<trainer.default_root_dir>/logs``, so they follow ``--trainer.default_root_dir`` and ``EXP_NAME`` instead of
+    landing under the current directory.
+    """
+
+    def __init__(self, save_dir: str | None = None, name: str = "coral", **kwargs: Any) -> None:
+        if save_dir is None:
+            raise ValueError("CoralCSVLogger needs a save_dir outside trainer.py (which fills in <results>/logs)")
+        super().__init__(save_dir, name=name, **kwargs)
 
 
 def wandb_offline() -> bool:

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from itertools import islice
 from typing import Any
 
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader
 
+from coral.errors import DataError
 from coral.tasks import Example, Task, get_task
 
 
@@ -72,10 +72,10 @@ class CoralDataModule(LightningDataModule):
     def setup(self, stage: str) -> None:
         if stage != "validate":
             raise ValueError(f"coral data modules support 'validate' only, got {stage!r}")
-        examples = self.task.load(self.val_set.file_path)
-        self.examples = list(islice(examples, self.val_max_instances))
+        examples = self.task.read(self.val_set.file_path)  # the whole file: a bad line anywhere stops the run now
+        self.examples = examples[: self.val_max_instances]
         if not self.examples:
-            raise ValueError(f"{self.val_set.file_path}: no examples to evaluate")
+            raise DataError(self.val_set.file_path, None, None, "no examples to evaluate")
 
     def val_dataloader(self) -> DataLoader:
         return DataLoader(self.examples, batch_size=len(self.examples), shuffle=False, collate_fn=list)

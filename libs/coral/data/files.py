@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from coral.tasks.base import read_jsonl
+from coral.tasks.base import read_jsonl, reading
 
 ROW_FORMATS = (".jsonl", ".csv", ".json")
 """Suffixes of the row formats a split can be written in: JSONL, CSV, and Hi-ToM's ``{"data": [...]}``."""
@@ -56,11 +56,12 @@ def read_rows(path: Path) -> tuple[list[dict[str, Any]], tuple[str, ...] | None]
     if path.suffix == ".jsonl":
         return [row for _, row in read_jsonl(path)], None
     if path.suffix == ".csv":
-        with open(path, encoding="utf-8-sig", newline="") as handle:  # utf-8-sig: no BOM in the first name
+        with reading(path), open(path, encoding="utf-8-sig", newline="") as handle:  # utf-8-sig: no BOM in names
             reader = csv.DictReader(handle)
             return list(reader), tuple(reader.fieldnames or ())
     if path.suffix == ".json" and path.is_file():
-        document = json.loads(path.read_text(encoding="utf-8"))
+        with reading(path):
+            document = json.loads(path.read_text(encoding="utf-8"))
         if isinstance(document, dict) and isinstance(document.get("data"), list):
             return document["data"], None
     return None

@@ -87,7 +87,7 @@ class SourceReader:
     def __call__(self, path: Path) -> Loaded:
         if not path.exists():
             raise PrepareError(f"source not found: {path}")
-        examples = list(self.task.load(path))  # the whole source is validated before any split is made
+        examples = self.task.read(path)  # the whole source is validated before any split is made
         stored = read_rows(path)
         header = None
         if stored is not None:  # write back the stored rows, not the loader's derived Example.source
