@@ -28,6 +28,8 @@ class Completion:
     """Which server replica answered (served backends); lets tests and reports check sticky routing."""
     attempts: int = 1
     """Requests sent until this answer came, a network backend's own retries included."""
+    failures: tuple[str, ...] = ()
+    """Why each earlier request failed, oldest first (``attempts - 1`` reasons)."""
 
 
 @dataclass(frozen=True)
@@ -40,11 +42,41 @@ class Delta:
 
 
 class BackendError(RuntimeError):
-    """A request failed. ``retryable`` says whether trying again may succeed."""
+    """A request failed. ``retryable`` says whether trying again may succeed.
 
-    def __init__(self, message: str, retryable: bool = True) -> None:
+    Args:
+        message: what went wrong, naming the server.
+        retryable: whether trying again may succeed.
+        retry_after_s: the server asked to wait this long before trying again (HTTP ``Retry-After``).
+        attempts: requests this failure stands for (a network backend that gave up after its own retries).
+        failures: why each of those requests failed, oldest first; empty means just ``message``.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        retryable: bool = True,
+        *,
+        retry_after_s: float | None = None,
+        attempts: int = 1,
+        failures: tuple[str, ...] = (),
+    ) -> None:
         super().__init__(message)
         self.retryable = retryable
+        self.retry_after_s = retry_after_s
+        self.attempts = attempts
+        self.failures = failures
+
+
+def expect_choices(completions: list[Completion], n: int, source: str) -> list[Completion]:
+    """The first ``n`` completions; fewer is a retryable BackendError naming ``source``.
+
+    A server that answers 200 with fewer choices than asked for (``choices: []``) is broken for that request, as
+    with a 5xx; one that sends more than asked for is only wasteful.
+    """
+    if len(completions) < n:
+        raise BackendError(f"{source}: asked for {n} choice(s), the answer holds {len(completions)}", retryable=True)
+    return completions[:n]
 
 
 class InvalidRequestError(BackendError):

@@ -3,7 +3,8 @@
 One channel per backend carries every request (Matrix opened a new channel per request attempt). Requests name
 their conversation twice: ``session_id`` in the request (the engine's prefix cache) and ``multiplexed_model_id``
 metadata (Ray Serve routes all turns of a conversation to one replica with it). ``application`` metadata picks
-the Serve application behind a shared proxy. UNAVAILABLE, DEADLINE_EXCEEDED and RESOURCE_EXHAUSTED are retried
+the Serve application behind a shared proxy. UNAVAILABLE, DEADLINE_EXCEEDED and RESOURCE_EXHAUSTED (waiting as
+long as the server's ``grpc-retry-pushback-ms`` asks) and broken answers (undecodable, too few choices) are retried
 with the shared retry loop; once retries are spent, or for any other status, the error is reported as not
 retryable, so the conversation layer does not multiply the retries.
 """
@@ -18,7 +19,7 @@ from typing import Any, TypeVar
 
 import grpc
 
-from coral.backends.base import BACKENDS, BackendError, Completion, Delta, Message
+from coral.backends.base import BACKENDS, BackendError, Completion, Delta, Message, expect_choices
 from coral.backends.retry import RetryPolicy, call_with_transport_retries
 from coral.sampling import SamplingParams
 from coral.serving.grpc_server import (
@@ -35,6 +36,8 @@ RETRYABLE_CODES = frozenset(
     {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED}
 )
 """Statuses that mean "unreachable, too slow or busy right now": worth another try."""
+PUSHBACK_METADATA = "grpc-retry-pushback-ms"
+"""Trailing metadata in which a server asks for a pause before the next try (gRPC's retry design, A6)."""
 
 T = TypeVar("T")
 
@@ -119,13 +122,16 @@ class GrpcBackend:
         metadata = self._metadata(session_id)
         started = time.perf_counter()
 
-        async def attempt() -> pb.ChatResponse:
+        async def attempt() -> list[Completion]:
             stub = await self._client()
-            return await _call(lambda: stub.Chat(request, timeout=self.timeout_s, metadata=metadata), self.target)
+            response = await _call(lambda: stub.Chat(request, timeout=self.timeout_s, metadata=metadata), self.target)
+            if response is None:  # grpc logs an undecodable answer and hands over None
+                raise BackendError(f"{self.target}: the ChatResponse could not be decoded", retryable=True)
+            return expect_choices(from_response(response), n, self.target)
 
-        response, attempts = await self._with_retries(attempt, sampling.seed)
-        completions = from_response(response, latency_s=time.perf_counter() - started)
-        return [replace(c, attempts=attempts) for c in completions]
+        completions, failures = await self._with_retries(attempt, sampling.seed)
+        latency_s = time.perf_counter() - started
+        return [replace(c, latency_s=latency_s, attempts=len(failures) + 1, failures=failures) for c in completions]
 
     async def chat_stream(
         self,
@@ -155,7 +161,7 @@ class GrpcBackend:
         finally:
             call.cancel()
 
-    async def _with_retries(self, attempt: Callable[[], Awaitable[T]], seed: int | None) -> tuple[T, int]:
+    async def _with_retries(self, attempt: Callable[[], Awaitable[T]], seed: int | None) -> tuple[T, tuple[str, ...]]:
         return await call_with_transport_retries(attempt, self.retry, seed, self.target)
 
     async def end_session(self, session_id: str) -> None:
@@ -168,13 +174,23 @@ class GrpcBackend:
 
 
 async def _call(rpc: Callable[[], Awaitable[T]], target: str, retryable: bool = True) -> T:
-    """Await one RPC; a failed status becomes a BackendError naming the code, retryable for RETRYABLE_CODES."""
+    """Await one RPC; a failed status becomes a BackendError naming the code, retryable for RETRYABLE_CODES and
+    carrying the server's pushback."""
     try:
         return await rpc()
     except grpc.aio.AioRpcError as exc:
         code = exc.code()
         message = f"{target}: {code.name}: {exc.details()}"
-        raise BackendError(message, retryable=retryable and code in RETRYABLE_CODES) from None
+        retry_after = _pushback_s(exc.trailing_metadata())
+        raise BackendError(message, retryable=retryable and code in RETRYABLE_CODES, retry_after_s=retry_after) from None
+
+
+def _pushback_s(metadata: Any) -> float | None:
+    """Seconds the server's ``grpc-retry-pushback-ms`` asks to wait; None when absent or not a whole number >= 0."""
+    value = dict(metadata or ()).get(PUSHBACK_METADATA)
+    if not isinstance(value, str) or not value.isdigit():
+        return None
+    return int(value) / 1000
 
 
 async def _close_quietly(channel: grpc.aio.Channel) -> None:

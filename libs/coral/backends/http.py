@@ -1,9 +1,10 @@
 """A ChatBackend over any OpenAI-compatible HTTP server: vLLM, SGLang, Ray Serve LLM, coral's own server, hosted APIs.
 
 One pooled aiohttp session per backend keeps connections alive across requests (Matrix opened a new client per
-request attempt, paying a TCP handshake every turn). Transport failures and overload answers are retried here with
-the shared retry loop; once retries are spent the error is reported as not retryable, so the conversation layer
-does not multiply them.
+request attempt, paying a TCP handshake every turn). Transport failures, overload answers (waiting as long as a
+``Retry-After`` header asks) and broken answers (not JSON, no or too few choices) are retried here with the shared
+retry loop; once retries are spent the error is reported as not retryable, so the conversation layer does not
+multiply them.
 
 Requests that name a ``session_id`` carry it in the ``serve_multiplexed_model_id`` header: Ray Serve routes all
 requests with the same id to the same replica (whose prefix cache then holds the conversation), and coral's own
@@ -14,14 +15,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import os
 import time
 from dataclasses import replace
+from email.utils import parsedate_to_datetime
 from typing import Any
 
 import aiohttp
 
-from coral.backends.base import BACKENDS, BackendError, Completion, Message
+from coral.backends.base import BACKENDS, BackendError, Completion, Message, expect_choices
 from coral.backends.retry import RetryPolicy, call_with_transport_retries
 from coral.sampling import SamplingParams
 
@@ -38,8 +41,8 @@ RETRYABLE_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504})
 class HTTPStatusError(BackendError):
     """The server answered with an error status; ``status`` lets a proxy in front of this backend pass it on."""
 
-    def __init__(self, message: str, status: int, retryable: bool) -> None:
-        super().__init__(message, retryable)
+    def __init__(self, message: str, status: int, retryable: bool, retry_after_s: float | None = None) -> None:
+        super().__init__(message, retryable, retry_after_s=retry_after_s)
         self.status = status
 
 
@@ -132,12 +135,13 @@ class OpenAIHTTPBackend:
         headers = {SESSION_HEADER: session_id} if session_id is not None else None
         started = time.perf_counter()
 
-        async def attempt() -> tuple[dict[str, Any], str | None]:
-            return await self._post(body, headers)
+        async def attempt() -> list[Completion]:
+            data, header_replica = await self._post(body, headers)
+            return expect_choices(_completions(data, header_replica, self.url), n, self.url)
 
-        (data, header_replica), attempts = await call_with_transport_retries(attempt, self.retry, sampling.seed, self.url)
-        completions = _completions(data, header_replica, time.perf_counter() - started, self.url)
-        return [replace(c, attempts=attempts) for c in completions]
+        completions, failures = await call_with_transport_retries(attempt, self.retry, sampling.seed, self.url)
+        latency_s = time.perf_counter() - started
+        return [replace(c, latency_s=latency_s, attempts=len(failures) + 1, failures=failures) for c in completions]
 
     async def _post(self, body: dict[str, Any], headers: dict[str, str] | None) -> tuple[dict[str, Any], str | None]:
         """One attempt: the parsed JSON answer and the replica header, or a BackendError saying if a retry may help."""
@@ -146,12 +150,16 @@ class OpenAIHTTPBackend:
             async with session.post(self.url, json=body, headers=headers) as response:
                 if response.status != 200:
                     detail = _error_text(await response.text())
-                    retryable = response.status in RETRYABLE_STATUS
-                    raise HTTPStatusError(f"{self.url}: HTTP {response.status}: {detail}", response.status, retryable)
+                    raise HTTPStatusError(
+                        f"{self.url}: HTTP {response.status}: {detail}",
+                        response.status,
+                        response.status in RETRYABLE_STATUS,
+                        retry_after_s(response.headers.get("Retry-After")),
+                    )
                 try:
                     data = await response.json(content_type=None)
-                except ValueError as exc:
-                    raise BackendError(f"{self.url}: answer is not JSON: {exc}", retryable=False) from None
+                except ValueError as exc:  # a truncated or garbled body: the next try may well be fine
+                    raise BackendError(f"{self.url}: answer is not JSON: {exc}", retryable=True) from None
                 return data, response.headers.get(REPLICA_HEADER)
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
             kind = "timed out" if isinstance(exc, asyncio.TimeoutError) else f"{type(exc).__name__}: {exc}"
@@ -185,7 +193,7 @@ def _request_body(model: str, messages: list[Message], sampling: SamplingParams,
     return body
 
 
-def _completions(data: dict[str, Any], header_replica: str | None, latency_s: float, url: str) -> list[Completion]:
+def _completions(data: dict[str, Any], header_replica: str | None, url: str) -> list[Completion]:
     """OpenAI chat.completion JSON -> Completions ordered by choice index.
 
     Usage is reported per request: every completion gets the (shared) prompt's token count. Completion tokens are
@@ -208,14 +216,30 @@ def _completions(data: dict[str, Any], header_replica: str | None, latency_s: fl
                 finish_reason=choice.get("finish_reason") or "stop",
                 prompt_tokens=prompt_tokens,
                 completion_tokens=int(choice.get("completion_tokens", share + (i < extra))),
-                latency_s=latency_s,
+                latency_s=0.0,  # the caller's whole wait, set once the call is over
                 cached_prompt_tokens=cached,
                 replica=replica,
             )
             for i, choice in enumerate(choices)
         ]
-    except (KeyError, TypeError, ValueError, AttributeError) as exc:
-        raise BackendError(f"{url}: malformed chat.completion answer ({type(exc).__name__}: {exc})", retryable=False) from None
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:  # a broken answer, retried like a 5xx
+        raise BackendError(f"{url}: malformed chat.completion answer ({type(exc).__name__}: {exc})", retryable=True) from None
+
+
+def retry_after_s(value: str | None) -> float | None:
+    """Seconds a ``Retry-After`` header asks to wait (a number of seconds or an HTTP date); None if absent or
+    unreadable."""
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+        return max(seconds, 0.0) if math.isfinite(seconds) else None
+    except ValueError:
+        pass
+    try:
+        return max(parsedate_to_datetime(value).timestamp() - time.time(), 0.0)
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
 
 
 def _error_text(text: str, limit: int = 500) -> str:

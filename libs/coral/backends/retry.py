@@ -1,7 +1,8 @@
 """One retry loop for every caller of a model: exponential backoff with seeded jitter, retryable failures only.
 
 Transport backends (HTTP, gRPC) retry what the network broke; the conversation layer retries what a backend
-still reports as retryable. Both use this loop, so backoff and jitter mean the same thing everywhere.
+still reports as retryable. Both use this loop, so backoff and jitter mean the same thing everywhere, and both
+count what retrying cost (``Tries``): every request sent and why each failed one failed, which the turn records.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TypeVar
 
 from coral.backends.base import BackendError
@@ -24,16 +25,19 @@ class RetryPolicy:
     Args:
         attempts: total tries (1 = no retry).
         backoff_s: the first wait; doubles each retry, plus up to 50% jitter.
-        max_backoff_s: the longest single wait.
+        max_backoff_s: the longest single wait, also when a server asks for a longer one (``Retry-After``).
     """
 
     attempts: int = 3
     backoff_s: float = 1.0
     max_backoff_s: float = 60.0
 
-    def delay(self, attempt: int, rng: random.Random) -> float:
-        """Seconds to wait after failed try number ``attempt`` (1-based)."""
-        return min(self.backoff_s * 2 ** (attempt - 1), self.max_backoff_s) * (1 + rng.random() / 2)
+    def delay(self, attempt: int, rng: random.Random, retry_after_s: float | None = None) -> float:
+        """Seconds to wait after failed try number ``attempt`` (1-based); at least what the server asked for."""
+        backoff = min(self.backoff_s * 2 ** (attempt - 1), self.max_backoff_s) * (1 + rng.random() / 2)
+        if retry_after_s is None:
+            return backoff
+        return max(backoff, min(retry_after_s, self.max_backoff_s))
 
 
 def is_retryable(exc: BaseException) -> bool:
@@ -41,36 +45,68 @@ def is_retryable(exc: BaseException) -> bool:
     return exc.retryable if isinstance(exc, BackendError) else True
 
 
-async def call_with_retries(
-    call: Callable[[], Awaitable[T]], policy: RetryPolicy, seed: int | None = None
-) -> tuple[T, int]:
-    """Await ``call()`` until it succeeds or fails for good; returns (result, attempts used).
+def describe(exc: BaseException) -> str:
+    """A failure as a turn records it: the exception's type and message."""
+    return f"{type(exc).__name__}: {exc}"
 
-    The last exception is raised unchanged once attempts run out or the failure is not retryable.
+
+@dataclass
+class Tries:
+    """What retrying one call cost so far: requests sent that failed, and why each did (oldest first)."""
+
+    attempts: int = 0
+    failures: list[str] = field(default_factory=list)
+
+    def failed(self, exc: BaseException) -> None:
+        """Count a failed try; a BackendError that stands for several requests (a transport that gave up) counts
+        as all of them, with their reasons."""
+        if isinstance(exc, BackendError):
+            self.attempts += exc.attempts
+            self.failures.extend(exc.failures or (describe(exc),))
+        else:
+            self.attempts += 1
+            self.failures.append(describe(exc))
+
+
+async def call_with_retries(
+    call: Callable[[], Awaitable[T]], policy: RetryPolicy, seed: int | None = None, tries: Tries | None = None
+) -> T:
+    """Await ``call()`` until it succeeds or fails for good; each failed try is counted in ``tries``.
+
+    The last exception is raised unchanged once attempts run out or the failure is not retryable. A wait is
+    the policy's backoff, or longer when the failure carries the server's ``retry_after_s``.
     """
+    tries = tries if tries is not None else Tries()
     rng: random.Random | None = None  # made on the first failure: most calls succeed at once
     for attempt in range(1, policy.attempts + 1):
         try:
-            return await call(), attempt
+            return await call()
         except Exception as exc:
+            tries.failed(exc)
             if attempt == policy.attempts or not is_retryable(exc):
                 raise
             rng = rng or random.Random(seed)
-            await asyncio.sleep(policy.delay(attempt, rng))
+            retry_after = exc.retry_after_s if isinstance(exc, BackendError) else None
+            await asyncio.sleep(policy.delay(attempt, rng, retry_after))
     raise AssertionError("unreachable")
 
 
 async def call_with_transport_retries(
     call: Callable[[], Awaitable[T]], policy: RetryPolicy, seed: int | None, target: str
-) -> tuple[T, int]:
-    """``call_with_retries`` for a network backend: once its retries are spent, the failure is final.
+) -> tuple[T, tuple[str, ...]]:
+    """``call_with_retries`` for a network backend, where one try is one request: the result and why each
+    earlier request failed.
 
-    The error then says so and is not retryable, so a caller with its own retry loop (the conversation layer)
-    does not multiply the attempts.
+    Once retries are spent the failure is final: the error says so and is not retryable, so a caller with its
+    own retry loop (the conversation layer) does not multiply the attempts. Either way the raised BackendError
+    carries every request's count and reason.
     """
+    tries = Tries()
     try:
-        return await call_with_retries(call, policy, seed)
+        return await call_with_retries(call, policy, seed, tries), tuple(tries.failures)
     except BackendError as exc:
-        if not exc.retryable:
-            raise
-        raise BackendError(f"{target}: gave up after {policy.attempts} attempts: {exc}", retryable=False) from exc
+        if exc.retryable:
+            message = f"{target}: gave up after {tries.attempts} attempts: {exc}"
+            raise BackendError(message, retryable=False, attempts=tries.attempts, failures=tuple(tries.failures)) from exc
+        exc.attempts, exc.failures = tries.attempts, tuple(tries.failures)  # keeps its type (an HTTP status)
+        raise
