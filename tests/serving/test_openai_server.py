@@ -23,11 +23,12 @@ from pathlib import Path
 from typing import Any
 
 import openai
+import psutil
 import pytest
 from coral.backends import BackendError, ScriptedBackend
 from coral.backends.base import Delta, InvalidRequestError
 from coral.sampling import SamplingParams
-from coral.serving.local import LocalServer, serve_local
+from coral.serving.local import TOKEN_ENV, LocalServer, resolve_token, serve_local
 from coral.serving.openai_api import build_openai_app
 
 pytestmark = pytest.mark.timeout(120)
@@ -304,22 +305,42 @@ def test_local_server_binds_loopback_by_default():
     assert inspect.signature(serve_local).parameters["host"].default == "127.0.0.1"
 
 
+def test_the_token_comes_from_the_command_line_a_file_or_the_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv(TOKEN_ENV, "from-env")
+    (tmp_path / "token").write_text("from-file\n")
+    assert resolve_token() == "from-env" and resolve_token("given") == "given"
+    assert resolve_token(token_file=tmp_path / "token") == "from-file"
+    (tmp_path / "empty").write_text(" \n")
+    for token, token_file, problem in ((None, tmp_path / "empty", "is empty"), (None, tmp_path / "gone", "No such file"),
+                                       ("given", tmp_path / "token", "not both")):
+        with pytest.raises(ValueError, match=problem):
+            resolve_token(token, token_file)
+    monkeypatch.delenv(TOKEN_ENV)
+    assert resolve_token() is None
+
+
 def test_serve_local_with_the_real_engine(tmp_path: Path):
-    """``serve_local`` in its own process: token from the environment, loopback only, real answers."""
+    """``coral-serve local`` in its own process: token from a file (not in ``ps``), loopback only, real answers,
+    400s for requests the model can never answer."""
     log_path = tmp_path / "server.log"
-    env = {**os.environ, "CORAL_API_TOKEN": "local-token"}
+    (tmp_path / "token").write_text("local-token\n")
     # One torch thread: on a small shared machine more threads than free cores slow decoding down many times.
-    code = (
-        "from coral.backends import EngineConfig; from coral.serving.local import serve_local; "
-        "serve_local(port=0, engine=EngineConfig(threads=1))"
-    )
+    command = [sys.executable, "-m", "coral.serving.cli", "local", "--port", "0", "--token_file", str(tmp_path / "token"),
+               "--engine", "{'threads': 1}"]
     with open(log_path, "w") as log_file:
-        process = subprocess.Popen([sys.executable, "-c", code], stdout=log_file, stderr=subprocess.STDOUT, env=env)
+        process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT)
     try:
         base_url = wait_for_url(process, log_path)
         port = int(base_url.rsplit(":", 1)[1].split("/")[0])
         assert base_url.startswith("http://127.0.0.1:")
+        assert not any("local-token" in part for part in psutil.Process(process.pid).cmdline())
         assert http(base_url + "/models", token=None)[0] == 401
+        too_long = {"model": "SmolLM2-135M-Instruct", "messages": [{"role": "user", "content": "word " * 9000}]}
+        status, _, text = http(base_url + "/chat/completions", too_long, token="local-token")
+        assert status == 400 and json.loads(text)["error"]["code"] == "context_length_exceeded", text
+        endless = {"model": "SmolLM2-135M-Instruct", "messages": USER, "max_tokens": 10**9}
+        status, _, text = http(base_url + "/chat/completions", endless, token="local-token")
+        assert status == 400 and json.loads(text)["error"]["param"] == "max_tokens", text
         with pytest.raises(ConnectionRefusedError):
             socket.create_connection(("127.0.0.2", port), timeout=5).close()
         client = openai.OpenAI(base_url=base_url, api_key="local-token", max_retries=0, timeout=90)

@@ -139,10 +139,17 @@ def build_parser() -> argparse.ArgumentParser:
                        help="packaged model name or checkpoint folder (default SmolLM2-135M-Instruct)")
     local.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     local.add_argument("--port", type=int, default=8000, help="TCP port (default 8000; 0 = any free port)")
-    local.add_argument("--token", help="bearer token clients must send (default $CORAL_API_TOKEN)")
+    token = local.add_mutually_exclusive_group()
+    token.add_argument("--token_file", metavar="FILE",
+                       help="file holding the bearer token clients must send (default: $CORAL_API_TOKEN; neither: "
+                            "no authentication)")
+    token.add_argument("--token", help="the bearer token itself; visible to every user of this machine in `ps`, "
+                                       "so prefer --token_file or $CORAL_API_TOKEN")
     local.add_argument("--served_name", help="the model name clients send (default: --model)")
     local.add_argument("--engine", type=_mapping("--engine"), default={}, metavar="'{...}'",
                        help="embedded engine limits (EngineConfig fields, e.g. \"{'max_sequences': 64}\")")
+    local.add_argument("--max_body_mb", type=float,
+                       help="largest request body in MiB; a larger one is refused (413) unread (default 4)")
     return parser
 
 
@@ -232,8 +239,9 @@ def _local(args: argparse.Namespace) -> int:
     known = {f.name for f in dataclasses.fields(EngineConfig)}
     if set(args.engine) - known:
         raise ValueError(f"--engine: unknown field(s) {sorted(set(args.engine) - known)}; known: {sorted(known)}")
-    serve_local(args.model, host=args.host, port=args.port, token=args.token, served_name=args.served_name,
-                engine=EngineConfig(**args.engine))
+    limits = {} if args.max_body_mb is None else {"max_body_bytes": int(args.max_body_mb * 2**20)}
+    serve_local(args.model, host=args.host, port=args.port, token=args.token, token_file=args.token_file,
+                served_name=args.served_name, engine=EngineConfig(**args.engine), **limits)
     return 0
 
 

@@ -13,13 +13,14 @@ import os
 import socket
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import uvicorn
 
 from coral.backends.embedded import EmbeddedBackend, EngineConfig
 from coral.backends.models import DEFAULT_MODEL
-from coral.serving.openai_api import build_openai_app
+from coral.serving.openai_api import MAX_BODY_BYTES, build_openai_app
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +36,10 @@ def serve_local(
     host: str = "127.0.0.1",
     port: int = 8000,
     token: str | None = None,
+    token_file: str | Path | None = None,
     served_name: str | None = None,
     engine: EngineConfig = EngineConfig(),
+    max_body_bytes: int = MAX_BODY_BYTES,
 ) -> None:
     """Serve ``model`` at ``http://<host>:<port>/v1`` until interrupted (Ctrl+C or SIGTERM).
 
@@ -44,21 +47,44 @@ def serve_local(
         model: a packaged model name or a local checkpoint directory.
         host: address to bind; loopback by default, so nothing outside this machine can reach the server.
         port: TCP port; 0 picks a free one (the log line shows which).
-        token: bearer token clients must send; default ``$CORAL_API_TOKEN``; no token means no authentication.
+        token: bearer token clients must send (see ``resolve_token``); no token means no authentication.
+        token_file: a file holding the token instead.
         served_name: the model name clients use; default ``model``.
         engine: limits of the embedded engine.
+        max_body_bytes: largest request body; larger ones are refused (413) before they are read.
     """
     _ensure_logging()
-    token = token if token is not None else os.environ.get(TOKEN_ENV) or None
+    token = resolve_token(token, token_file)
     name = served_name or model
     backend = EmbeddedBackend(model, engine)
     backend.engine()  # the weights load in the engine's thread while the server starts
-    server = LocalServer(build_openai_app(backend, {name: model}, token=token), host, port, log_level="info")
+    app = build_openai_app(backend, {name: model}, token=token, max_body_bytes=max_body_bytes)
+    server = LocalServer(app, host, port, log_level="info")
     auth = "bearer token required" if token else "no authentication"
     log.info("coral: serving %s as %r at %s (%s)", model, name, server.base_url, auth)
     if host not in LOOPBACK and not token:
         log.warning("coral: %s is reachable from other machines without a token; set %s or pass token=", host, TOKEN_ENV)
     server.run()
+
+
+def resolve_token(token: str | None = None, token_file: str | Path | None = None) -> str | None:
+    """The bearer token: ``token``, else the content of ``token_file``, else ``$CORAL_API_TOKEN``, else None.
+
+    A token given on the command line is visible to every user of the machine (``ps``, ``/proc/<pid>/cmdline``);
+    a file (mode 600) or the environment (``/proc/<pid>/environ`` is private to its user) is not.
+    """
+    if token is not None and token_file is not None:
+        raise ValueError("give a token or a token file, not both")
+    if token_file is None:
+        return token if token is not None else os.environ.get(TOKEN_ENV) or None
+    path = Path(token_file).expanduser()
+    try:
+        text = path.read_text().strip()
+    except OSError as exc:
+        raise ValueError(f"token file {path}: {exc.strerror}") from None
+    if not text:
+        raise ValueError(f"token file {path} is empty")
+    return text
 
 
 class LocalServer:
