@@ -61,6 +61,7 @@ class Turn:
     agreement: bool = False
     error: str | None = None
     attempts: int = 1
+    failures: list[str] = field(default_factory=list)  # why each failed request of this turn failed, oldest first
     replica: str | None = None  # the server replica that generated the turn (served backends)
     siblings: list[Turn] = field(default_factory=list)
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 
 from coral.backends.base import Completion, Message
-from coral.backends.retry import RetryPolicy, call_with_retries
+from coral.backends.retry import RetryPolicy, Tries, call_with_retries, describe
 from coral.beliefs import BeliefExtractor
 from coral.conversation.agent import Agent
 from coral.conversation.tree import continue_with, strategy
@@ -76,24 +76,24 @@ class ConversationContext:
         return list(await asyncio.gather(*branches))
 
     async def _ask(self, speaker: str, messages: list[Message], index: int, seed: int, n: int) -> list[Turn]:
+        """Turns from one request for ``n`` candidates; every request sent and why each failed one failed (a
+        network backend's own retries included) are recorded on them."""
         agent = self.agents[speaker]
-        attempts = 0
+        tries = Tries()
 
         async def ask():
-            nonlocal attempts
-            attempts += 1
             sampling = agent.sampling.with_seed(seed)
             return await agent.backend.chat(messages, sampling, model=agent.model, n=n, session_id=self.session_id)
 
         try:
-            completions, _ = await call_with_retries(ask, self.retry, seed)
+            completions = await call_with_retries(ask, self.retry, seed, tries)
         except Exception as exc:  # noqa: BLE001 - errors are data: recorded on the turn
-            error = f"{type(exc).__name__}: {exc}"
             return [
-                Turn(index=index, speaker=speaker, text="", model=agent.model, seed=seed + i, error=error, attempts=attempts)
+                Turn(index=index, speaker=speaker, text="", model=agent.model, seed=seed + i, error=describe(exc),
+                     attempts=tries.attempts, failures=list(tries.failures))
                 for i in range(n)
             ]
-        return [turn_from(c, index, speaker, agent.model, seed + i, attempts) for i, c in enumerate(completions)]
+        return [turn_from(c, index, speaker, agent.model, seed + i, tries) for i, c in enumerate(completions)]
 
     async def annotate(self, turn: Turn) -> Turn:
         """Extract the turn's belief, grade it and give it a belief class (in place; returns the turn)."""
@@ -148,8 +148,8 @@ class ConversationContext:
         )
 
 
-def turn_from(completion: Completion, index: int, speaker: str, model: str, seed: int, attempts: int = 1) -> Turn:
-    """The (not yet annotated) turn a completion becomes."""
+def turn_from(completion: Completion, index: int, speaker: str, model: str, seed: int, tries: Tries) -> Turn:
+    """The (not yet annotated) turn a completion becomes, after ``tries`` failed before it."""
     return Turn(
         index=index,
         speaker=speaker,
@@ -159,6 +159,7 @@ def turn_from(completion: Completion, index: int, speaker: str, model: str, seed
         usage=Usage(completion.prompt_tokens, completion.completion_tokens),
         latency_s=round(completion.latency_s, 4),
         finish_reason=completion.finish_reason,
-        attempts=attempts + completion.attempts - 1,
+        attempts=tries.attempts + completion.attempts,
+        failures=[*tries.failures, *completion.failures],
         replica=completion.replica,
     )
