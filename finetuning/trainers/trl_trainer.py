@@ -49,6 +49,7 @@ ROLES = ("system", "user", "assistant")
 # (coral_reference.md §6.3); with LoRA, MAPoRL's policy lr 1e-5 (training.md §1.3). DPO beta 0.1 (Coral, §6.3).
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 DEFAULT_LR = {("sft", False): 1e-7, ("dpo", False): 1e-6, ("sft", True): 1e-5, ("dpo", True): 1e-5}
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
 @dataclass
@@ -70,7 +71,10 @@ class TrainSettings:
         grad_accum: forward passes accumulated into one optimizer step.
         max_length: tokens kept per example (prompt + completion), the rest is cut from the end.
         seed: seeds LoRA's initialisation, dropout and the data order.
-        bf16: bf16 mixed precision; off by default because CPUs gain little and lose precision.
+        dtype: the weights' dtype while training and in the saved checkpoint, ``float32`` or ``bfloat16``; None:
+            bfloat16 on CUDA (half the memory of a 1B model's fp32 weights, the dtype checkpoints ship in) and
+            float32 on a CPU, where bf16 gains little and loses precision (``weight_dtype``).
+        bf16: bf16 autocast (mixed precision) on top of ``dtype``; off by default.
         activation_checkpointing: recompute activations in the backward pass (saves memory on large models).
         reference_model: DPO's frozen reference (a packaged model name or checkpoint dir); None uses the policy's
             starting weights (with LoRA, TRL disables the adapter instead of keeping a second copy).
@@ -93,6 +97,7 @@ class TrainSettings:
     grad_accum: int = 1
     max_length: int = 2048
     seed: int = 0
+    dtype: str | None = None
     bf16: bool = False
     activation_checkpointing: bool = False
     reference_model: str | None = None
@@ -120,11 +125,25 @@ class TrainSettings:
             raise ValueError(f"TrainSettings.learning_rate must be > 0, got {self.learning_rate}")
         if self.beta <= 0:
             raise ValueError(f"TrainSettings.beta must be > 0, got {self.beta}")
+        if self.dtype not in (None, *DTYPES):
+            raise ValueError(f"TrainSettings.dtype must be one of {', '.join(DTYPES)} or None, got {self.dtype!r}")
 
     @property
     def lr(self) -> float:
         """The learning rate in force: the explicit one, else the default for (method, lora)."""
         return self.learning_rate if self.learning_rate is not None else DEFAULT_LR[(self.method, self.lora)]
+
+
+def weight_dtype(dtype: str | None, device_type: str) -> torch.dtype:
+    """The weights' dtype: the explicit one, else bfloat16 on CUDA and float32 elsewhere (CPU, MPS)."""
+    if dtype is not None:
+        return DTYPES[dtype]
+    return torch.bfloat16 if device_type == "cuda" else torch.float32
+
+
+def training_device() -> str:
+    """Where the trainer runs: TRL uses CUDA whenever it is available (``use_cpu`` is set otherwise)."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 # ---------------------------------------------------------------------------------------------------- data
@@ -227,7 +246,8 @@ def train(
     metrics = _metrics(out_dir / LOG_FILE, output, time.perf_counter() - started, resume)
 
     record = {"format": MARKER_FORMAT, **identity, "base_dir": str(base), "data_file": str(data_file),
-              "rows": len(rows), "metrics": metrics, "versions": _versions()}
+              "rows": len(rows), "dtype": str(weight_dtype(settings.dtype, training_device())).removeprefix("torch."),
+              "metrics": metrics, "versions": _versions()}
     _save(trainer, out_dir, settings, record)
     shutil.rmtree(out_dir / TRAINER_DIR, ignore_errors=True)  # optimizer states are only needed to resume
     return result
@@ -274,7 +294,8 @@ def _trainer(base: Path, rows: list[dict], out_dir: Path, settings: TrainSetting
     tokenizer = AutoTokenizer.from_pretrained(base)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    policy = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    dtype = weight_dtype(settings.dtype, training_device())
+    policy = AutoModelForCausalLM.from_pretrained(base, dtype=dtype)
     peft_config = None
     if settings.lora:
         peft_config = LoraConfig(r=settings.lora_r, lora_alpha=settings.lora_alpha, lora_dropout=settings.lora_dropout,
@@ -284,7 +305,7 @@ def _trainer(base: Path, rows: list[dict], out_dir: Path, settings: TrainSetting
         max_steps=settings.max_steps, per_device_train_batch_size=settings.batch_size,
         gradient_accumulation_steps=settings.grad_accum, max_length=settings.max_length, seed=settings.seed,
         data_seed=settings.seed, bf16=settings.bf16, activation_checkpointing=settings.activation_checkpointing,
-        use_cpu=not torch.cuda.is_available(), report_to="none", logging_steps=settings.logging_steps,
+        use_cpu=training_device() == "cpu", report_to="none", logging_steps=settings.logging_steps,
         save_strategy="steps", save_steps=settings.save_steps, save_total_limit=2, dataloader_num_workers=0,
     )
     dataset = Dataset.from_list(rows)
@@ -294,7 +315,7 @@ def _trainer(base: Path, rows: list[dict], out_dir: Path, settings: TrainSetting
                           peft_config=peft_config, callbacks=callbacks)
     reference = None
     if settings.reference_model is not None:
-        reference = AutoModelForCausalLM.from_pretrained(models.resolve(settings.reference_model), dtype=torch.float32)
+        reference = AutoModelForCausalLM.from_pretrained(models.resolve(settings.reference_model), dtype=dtype)
     return DPOTrainer(model=policy, ref_model=reference, args=DPOConfig(beta=settings.beta, **common),
                       train_dataset=dataset, processing_class=tokenizer, peft_config=peft_config, callbacks=callbacks)
 
@@ -436,7 +457,7 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--out", required=True, help="training folder; the result is <out>/checkpoint")
     parser.add_class_arguments(TrainSettings, "settings", as_group=False)
     args = parser.parse_args(argv)
-    settings = parser.instantiate(args).settings
+    settings = TrainSettings(**args.settings.as_dict())  # the group parses to a Namespace, not the dataclass
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     result = train(args.model, Path(args.data), Path(args.out), settings)
     print(result)
