@@ -10,9 +10,11 @@ from coral.backends import BackendError, ScriptedBackend
 from coral.beliefs import BeliefExtractor
 from coral.conversation import Agent, ConversationRunner, CoralProtocol, RetryPolicy
 from coral.metrics import conversation_metrics
+from coral.metrics.social import reference_belief
 from coral.sampling import SamplingParams
 from coral.store import ResultStore, read_records
 from coral.tasks import Example, MathTask, MMLUProTask
+from coral.tasks.explore_tom import ExploreToMTask
 
 MATH_EXAMPLE = Example(id="half", task="math", question="What is 1/2 as a decimal?", answer="\\frac{1}{2}")
 MC_EXAMPLE = Example(id="mc", task="mmlu_pro", question="Pick B.", answer="B", choices=("x", "y", "z"))
@@ -133,6 +135,21 @@ def test_unreachable_judge_is_recorded_not_raised(tmp_path):
     assert conversation_metrics(record)["extractor_err_rate"] == 1.0
 
 
+def test_the_judges_reply_is_kept_on_the_turn(tmp_path):
+    # item 17: a reply the task cannot read leaves no belief, but the record keeps it, so compat metrics read it
+    # as the reference did ("Error: <reply>"); a readable reply is kept too
+    replies = iter(["I think it is the second option", "(B)"])
+
+    def script(messages, sampling):
+        return next(replies) if "Extract the answer" in messages[-1]["content"] else "I am thinking about it."
+
+    runner = runner_for(MMLUProTask(), ScriptedBackend(script), tmp_path, max_turns=2, mode="rules_then_judge")
+    first, second = run_one(runner, MC_EXAMPLE).turns[1:]
+    assert (first.belief, first.judge_reply) == (None, "I think it is the second option")
+    assert reference_belief(first) == "Error: I think it is the second option"
+    assert (second.belief, second.judge_reply, reference_belief(second)) == ("B", "(B)", "B")
+
+
 def test_seeds_are_derived_per_turn_and_reproducible(tmp_path):
     script = by_turn("a", "b", "c")
     first = run_one(runner_for(MMLUProTask(), ScriptedBackend(script), tmp_path / "1", max_turns=3), MC_EXAMPLE)
@@ -189,3 +206,35 @@ def test_protocol_validates_its_agents(tmp_path, asker):
         assert [t.speaker for t in record.turns] == ["teacher", "student"]
     else:
         assert record.stop_reason == "error" and "needs two agents" in record.metadata["exception"]
+
+
+def test_teacher_first_the_teacher_poses_the_problem_and_the_student_answers(tmp_path):
+    # item 19: the reference's teacher-first variant (first_role=teacher)
+    backend = ScriptedBackend(by_turn("The correct answer is (B)", "The correct answer is (B)"))
+    runner = runner_for(MMLUProTask(), backend, tmp_path, max_turns=2)
+    runner.protocol = CoralProtocol(asker="teacher", posed=True)
+    record = run_one(runner, MC_EXAMPLE)
+    assert [t.speaker for t in record.turns] == ["teacher", "student", "teacher"]
+    assert record.turns[0].text == (
+        'I would like you to try and solve this problem: "Pick B."\nAnd the choices are:\n(A) x\n(B) y\n(C) z'
+    )
+    student_view = backend.calls[0].messages
+    assert student_view[0]["content"] == "system prompt of student"
+    assert student_view[1:] == [{"role": "user", "content": record.turns[0].text}]
+
+
+def test_opening_wordings_are_the_references():
+    story = Example(id="s", task="explore_tom", question="Where is it?", answer="box", source={"story": "A ball."})
+    tom = ExploreToMTask()
+    assert tom.opening_message(story) == (
+        "I'm trying to answer this question based on the following story:\nStory: A ball.\nQuestion: Where is it?"
+    )
+    assert tom.opening_message(story, posed=True) == (
+        "I would like you to try to answer a question based on the following story: \nStory: A ball.\n"
+        "Question: Where is it?"
+    )
+    math = MathTask()
+    assert math.opening_message(MATH_EXAMPLE) == 'I\'m trying to solve this math problem: "What is 1/2 as a decimal?"'
+    assert math.opening_message(MATH_EXAMPLE, posed=True) == (
+        'I would like you to try and solve this math problem: "What is 1/2 as a decimal?"'
+    )

@@ -46,20 +46,25 @@ class CoralProtocol(Protocol):
     conversation stops when both are valid and the task says they are the same answer.
 
     Args:
-        asker: the speaker who poses the question (turn 0); the other agent answers first.
+        asker: the speaker who opens the conversation (turn 0); the other agent answers first.
+        posed: the asker sets the problem for its partner to solve ("I would like you to try and solve this math
+            problem: ...", the reference's teacher-first opening) instead of asking for help with it ("I'm trying
+            to solve this math problem: ...").
     """
 
     name = "coral"
 
-    def __init__(self, asker: str = "student") -> None:
+    def __init__(self, asker: str = "student", posed: bool = False) -> None:
         self.asker = asker
+        self.posed = posed
 
     async def run(self, ctx: ConversationContext) -> ConversationRecord:
         speakers = list(ctx.agents)
         if self.asker not in speakers or len(speakers) != 2:
             raise ValueError(f"the coral protocol needs two agents including {self.asker!r}, got {speakers}")
         answerer = next(s for s in speakers if s != self.asker)
-        turns = [Turn(index=0, speaker=self.asker, text=ctx.task.opening_message(ctx.example), generated=False)]
+        opening = ctx.task.opening_message(ctx.example, posed=self.posed)
+        turns = [Turn(index=0, speaker=self.asker, text=opening, generated=False)]
         stop_reason = "max_turns"
         for index in range(1, ctx.max_turns + 1):
             speaker = answerer if turns[-1].speaker == self.asker else self.asker

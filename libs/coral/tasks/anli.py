@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from coral.errors import DataError
-from coral.tasks.base import TASKS, Example, read_jsonl, require, unique_ids
+from coral.tasks.base import TASKS, Example, opening_lead, read_jsonl, require, unique_ids
 from coral.tasks.multiple_choice import MultipleChoiceTask, format_options
 
 CHOICES = ("entailment", "neutral", "contradiction")
@@ -70,9 +70,9 @@ class ANLITask(MultipleChoiceTask):
             source={**row, "round": round_},
         )
 
-    def opening_message(self, example: Example) -> str:
+    def opening_message(self, example: Example, posed: bool = False) -> str:
         return (
-            f"I'm trying to solve this natural language inference problem:\n{example.question}\n"
+            f"{opening_lead('solve', posed)} this natural language inference problem:\n{example.question}\n"
             f"And the choices are:\n{format_options(example.choices)}"
         )
 

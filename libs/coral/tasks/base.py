@@ -43,6 +43,11 @@ def stable_id(*parts: object) -> str:
     return digest[:16]
 
 
+def opening_lead(verb: str, posed: bool) -> str:
+    """How turn 0 begins: "I'm trying to <verb>" (asking for help) or "I would like you to try and <verb>"."""
+    return f"I would like you to try and {verb}" if posed else f"I'm trying to {verb}"
+
+
 def read_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """Yield (line number, object) for each non-blank line; a line that is not a JSON object fails fast."""
     with open(path, encoding="utf-8") as handle:
@@ -102,8 +107,9 @@ class Task(ABC):
         """Read the dataset's original distribution format."""
 
     @abstractmethod
-    def opening_message(self, example: Example) -> str:
-        """Turn 0: the asker presents the problem to its partner."""
+    def opening_message(self, example: Example, posed: bool = False) -> str:
+        """Turn 0: the asker asks its partner for help with the problem, or (``posed``) sets it for the partner
+        to solve (the reference's teacher-first variant; ``opening_lead`` words both)."""
 
     def instruction(self, style: str) -> str:
         """The agents' system prompt in the given instruction style."""

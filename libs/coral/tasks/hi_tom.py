@@ -137,8 +137,8 @@ class HiToMTask(ShortAnswerTask):
 
     # -- prompts -----------------------------------------------------------------------------------------
 
-    def opening_message(self, example: Example) -> str:
-        message = super().opening_message(example)
+    def opening_message(self, example: Example, posed: bool = False) -> str:
+        message = super().opening_message(example, posed)
         if self.multiple_choice:
             message += f"\nAnd the choices are:\n{format_options(example.choices)}"
         return message

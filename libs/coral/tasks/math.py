@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from coral.errors import DataError
-from coral.tasks.base import NOT_SURE, TASKS, Example, Task, read_jsonl, require, stable_id, unique_ids
+from coral.tasks.base import NOT_SURE, TASKS, Example, Task, opening_lead, read_jsonl, require, stable_id, unique_ids
 from coral.tasks.boxed import iter_boxed, last_boxed
 from coral.tasks.judge_prompt import judge_messages
 from coral.tasks.math_equivalence import MathEquivalence
@@ -90,8 +90,8 @@ class MathTask(Task):
 
     # -- prompts -----------------------------------------------------------------------------------------
 
-    def opening_message(self, example: Example) -> str:
-        return f'I\'m trying to solve this math problem: "{example.question}"'
+    def opening_message(self, example: Example, posed: bool = False) -> str:
+        return f'{opening_lead("solve", posed)} this math problem: "{example.question}"'
 
     def extraction_prompt(self, example: Example, text: str) -> list[dict[str, str]]:
         return judge_messages(

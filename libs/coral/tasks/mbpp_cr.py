@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from coral.errors import DataError
-from coral.tasks.base import TASKS, Example, read_jsonl, require, unique_ids
+from coral.tasks.base import TASKS, Example, opening_lead, read_jsonl, require, unique_ids
 from coral.tasks.multiple_choice import MultipleChoiceTask, format_options
 
 CHOICES = ("Yes, the code is correct", "No, the code is incorrect")
@@ -45,9 +45,9 @@ class MBPPCRTask(MultipleChoiceTask):
         answer = CORRECT if is_correct else INCORRECT
         return Example(id=example_id, task=self.name, question=question, answer=answer, choices=CHOICES, source=row)
 
-    def opening_message(self, example: Example) -> str:
+    def opening_message(self, example: Example, posed: bool = False) -> str:
         return (
-            f"I'm trying to determine whether this code correctly solves the problem: {example.question}\n"
+            f"{opening_lead('determine', posed)} whether this code correctly solves the problem: {example.question}\n"
             f"And the choices are:\n{format_options(example.choices)}"
         )
 

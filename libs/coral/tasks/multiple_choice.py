@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from coral.errors import DataError
-from coral.tasks.base import NOT_SURE, Example, Task, require
+from coral.tasks.base import NOT_SURE, Example, Task, opening_lead, require
 from coral.tasks.judge_prompt import judge_messages
 
 LETTERS = string.ascii_uppercase
@@ -93,9 +93,9 @@ class MultipleChoiceTask(Task):
 
     answer_format = ANSWER_FORMAT
 
-    def opening_message(self, example: Example) -> str:
+    def opening_message(self, example: Example, posed: bool = False) -> str:
         return (
-            f'I\'m trying to solve this problem: "{example.question}"\n'
+            f'{opening_lead("solve", posed)} this problem: "{example.question}"\n'
             f"And the choices are:\n{format_options(example.choices)}"
         )
 

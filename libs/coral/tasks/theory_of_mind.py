@@ -95,11 +95,14 @@ class ShortAnswerTask(Task):
         """The story, without outer whitespace (Hi-ToM stories end with a blank line)."""
         return str(example.source.get("story", "")).strip()
 
-    def opening_message(self, example: Example) -> str:
-        return (
-            "I'm trying to answer this question based on the following story:\n"
-            f"Story: {self.story(example)}\nQuestion: {example.question}"
+    def opening_message(self, example: Example, posed: bool = False) -> str:
+        # the reference's two wordings, verbatim (the posed one has a space before its line break)
+        lead = (
+            "I would like you to try to answer a question based on the following story: \n"
+            if posed
+            else "I'm trying to answer this question based on the following story:\n"
         )
+        return f"{lead}Story: {self.story(example)}\nQuestion: {example.question}"
 
     def extraction_prompt(self, example: Example, text: str) -> list[dict[str, str]]:
         story_and_question = f"Story: {self.story(example)}\nQuestion: {example.question}"
