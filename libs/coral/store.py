@@ -3,9 +3,15 @@
 Each process (rank) appends to its own ``conversations[.rank<N>].jsonl`` and flushes + fsyncs before a record
 counts as done, so a kill loses only conversations still in flight. Records that finish together can be appended
 with one write and one fsync (``append_many``, a group commit), which is what lets thousands of conversations a
-second be stored durably. A line cut short by a kill is ignored on read and overwritten on the next append. A rerun
-reads every rank's file and skips (example, sample) keys already present; reading also drops duplicate keys,
-keeping the first, so a store is always one record per key.
+second be stored durably. A line cut short by a kill is ignored on read and overwritten on the next append; an
+append that fails (a full disk) cuts its partial line off before raising, so the file always ends at its last
+complete record. A rerun reads every rank's file and skips (example, sample) keys already present; reading also
+drops duplicate keys, keeping the first, so a store is always one record per key.
+
+Errored conversations are redone only when asked (``retry_errors``). The new record is appended, never written
+over the old one, and carries ``metadata["error_retry"]`` (1 for the first retry of that key, then 2, ...); reading
+keeps, per key, the record with the highest count. Replacing is therefore as atomic as one append: after a kill at
+any point a key has either its old errored record or its complete new one, never both and never neither.
 """
 
 from __future__ import annotations
@@ -40,31 +46,54 @@ def _complete_lines(path: Path) -> Iterator[tuple[int, str]]:
                 yield number, line
 
 
+RETRY_KEY = "error_retry"
+"""``metadata`` key of a record that replaces an errored one: how many times that key was retried."""
+
+
+def error_retries(record: ConversationRecord) -> int:
+    return int(record.metadata.get(RETRY_KEY, 0))
+
+
 def read_records(root: str | Path) -> list[ConversationRecord]:
-    """Every finished conversation under ``root``, one per (example, sample), in file then line order."""
-    seen: set[tuple[str, int]] = set()
-    records = []
+    """Every finished conversation under ``root``, one per (example, sample), in file then line order.
+
+    Of several records of one key, the latest retry of an errored conversation wins, else the first.
+    """
+    kept: dict[tuple[str, int], ConversationRecord] = {}
     for path in store_files(root):
         for number, line in _complete_lines(path):
             try:
                 record = ConversationRecord.from_dict(json.loads(line))
             except (json.JSONDecodeError, TypeError, KeyError, ValueError) as exc:
                 raise ValueError(f"{path}, line {number}: not a conversation record ({exc})") from None
-            if record.key not in seen:
-                seen.add(record.key)
-                records.append(record)
-    return records
+            old = kept.get(record.key)
+            if old is None or error_retries(record) > error_retries(old):
+                kept[record.key] = record
+    return list(kept.values())
+
+
+class StoreWriteError(OSError):
+    """Finished conversations could not be stored (e.g. the disk is full); the store file is left intact."""
 
 
 class ResultStore:
-    """Appends records for one rank and knows which (example, sample) keys every rank has finished."""
+    """Appends records for one rank and knows which (example, sample) keys every rank has finished.
 
-    def __init__(self, root: str | Path, rank: int = 0) -> None:
+    Args:
+        root: the results folder.
+        rank: this process's rank (its own file).
+        retry_errors: keys whose record ended in an error count as not done, and their new records replace them.
+    """
+
+    def __init__(self, root: str | Path, rank: int = 0, retry_errors: bool = False) -> None:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.path = rank_file(self.root, rank)
         self._truncate_torn_tail()
-        self.done: set[tuple[str, int]] = {record.key for record in read_records(self.root)}
+        records = read_records(self.root)
+        redo = [record for record in records if retry_errors and record.stop_reason == "error"]
+        self._retry_of = {record.key: error_retries(record) + 1 for record in redo}
+        self.done: set[tuple[str, int]] = {record.key for record in records} - self._retry_of.keys()
 
     def _truncate_torn_tail(self) -> None:
         """Cut a partial last line left by a kill, so the next append starts on a fresh line."""
@@ -84,7 +113,11 @@ class ResultStore:
         """Write finished conversations durably with one write and one fsync (a group commit).
 
         Returns, per record, whether it was written: False for a key already done, or repeated earlier in
-        ``records``. Keys count as done only once the fsync returned.
+        ``records``. Keys count as done only once the fsync returned. A record replacing an errored one (see
+        ``retry_errors``) is marked with its retry count.
+
+        Raises:
+            StoreWriteError: the write or the fsync failed; nothing of this batch stays in the file.
         """
         keys: set[tuple[str, int]] = set()
         lines, written = [], []
@@ -92,15 +125,36 @@ class ResultStore:
             new = record.key not in self.done and record.key not in keys
             if new:
                 keys.add(record.key)
+                if record.key in self._retry_of:
+                    record.metadata[RETRY_KEY] = self._retry_of[record.key]
                 lines.append(encode(record))
             written.append(new)
         if lines:
-            with open(self.path, "a", encoding="utf-8") as handle:
-                handle.write("".join(lines))
-                handle.flush()
-                os.fsync(handle.fileno())
+            self._append("".join(lines).encode("utf-8"), len(lines))
             self.done |= keys
         return written
+
+    def _append(self, data: bytes, count: int) -> None:
+        """Write and fsync ``data`` at the end of the file, or cut the file back to where it ended and raise.
+
+        Unbuffered, so nothing of a failed write lingers in a buffer to be flushed later behind a good line.
+        """
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            end = os.fstat(fd).st_size
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+                os.fsync(fd)
+            except OSError as exc:
+                os.ftruncate(fd, end)
+                raise StoreWriteError(
+                    f"{self.path}: could not store {count} finished conversation(s): {exc.strerror or exc}; the file "
+                    "still ends at its last complete record, so a rerun (once the cause is fixed) redoes only these"
+                ) from exc
+        finally:
+            os.close(fd)
 
 
 def encode(record: ConversationRecord) -> str:

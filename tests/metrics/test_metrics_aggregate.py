@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from coral.metrics import aggregate, summary_table
+from coral.metrics.__main__ import main as metrics_cli
 
 
 @pytest.fixture
@@ -112,3 +115,25 @@ def test_metrics_are_also_reported_per_group(build):
     assert result["agreement_correctness[order=0]"] == 0.5  # 1 of the 2 order-0 conversations
     assert result["final_answer_accuracy[order=0]"] == 0.5  # "A" correct; no belief counts as 0
     assert result["final_answer_accuracy[order=1]"] == 0.0
+
+
+def test_a_conversation_that_raised_counts_as_errored(build, tmp_path, capsys):
+    raised = build(example_id="boom")  # what the runner stores when a conversation raises: no turns at all
+    raised.turns, raised.stop_reason = [], "error"
+    fine = build("A", example_id="fine")
+    for compat in (False, True):
+        metrics = aggregate([raised, fine], compat=compat)
+        assert (metrics["n_conversations"], metrics["conv_err"]) == (2, 0.5)
+        assert metrics["final_answer_accuracy"] == 0.5 and metrics["total_turns"] == (1.0 if compat else 0.5)
+    (tmp_path / "conversations.jsonl").write_text("".join(json.dumps(r.to_dict()) + "\n" for r in (raised, fine)))
+    assert metrics_cli([str(tmp_path)]) == 0
+    assert json.loads((tmp_path / "metrics.json").read_text())["conv_err"] == 0.5
+
+
+def test_a_one_turn_run_summary_leaves_out_conversation_metrics(build):
+    metrics = aggregate([build("A", max_turns=1, example_id="a"), build("B", max_turns=1, example_id="b")])
+    shown = {line.split()[0] for line in summary_table(metrics, conversation=False).splitlines()[2:]}
+    assert {"final_answer_accuracy", "conv_err", "valid_answer_rate", "n_conversations"} <= shown
+    hidden = {"agreement", "agreement_correctness", "persuade_rate", "assert_rate", "accuracy_turn_1"}
+    assert hidden <= set(metrics) and not hidden & shown
+    assert hidden <= {line.split()[0] for line in summary_table(metrics).splitlines()[2:]}

@@ -8,6 +8,9 @@ stops the others.
 Records are stored with group commit: conversations that end while the previous write is being fsynced are
 written together, with one write and one fsync, off the event loop. A conversation counts as done (``on_done``,
 the returned count) only once its record is on disk.
+
+A run told to stop (``stop``, set on SIGTERM by the Lightning module) starts no new conversation and gives those in
+flight a short grace period; any still running then are abandoned, unstored, so their keys stay pending.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import traceback
+from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -49,6 +53,7 @@ class ConversationRunner:
         beam_size: candidates per turn; above 1 the conversation is sampled as a tree (see coral.conversation.tree).
         expansion: which candidate continues (``random``, ``stratified``, ``diversity``).
         single_request_expansion: ask for the candidates in one request with ``n`` (one prefill) or one each.
+        stop_grace_s: how long conversations in flight may still finish once ``run`` is told to stop.
     """
 
     protocol: Protocol
@@ -64,35 +69,61 @@ class ConversationRunner:
     beam_size: int = 1
     expansion: str = "random"
     single_request_expansion: bool = True
+    stop_grace_s: float = 10.0
 
     def pending(self, examples: Iterable[Example], samples: int) -> list[tuple[Example, int]]:
         return [(ex, s) for ex in examples for s in range(samples) if (ex.id, s) not in self.store.done]
 
     async def run(
-        self, work: list[tuple[Example, int]], on_done: Callable[[ConversationRecord], None] | None = None
+        self,
+        work: list[tuple[Example, int]],
+        on_done: Callable[[ConversationRecord], None] | None = None,
+        stop: asyncio.Event | None = None,
     ) -> int:
-        """Run every (example, sample) in ``work``; returns how many records were written."""
-        queue: asyncio.Queue[tuple[Example, int]] = asyncio.Queue()
-        for item in work:
-            queue.put_nowait(item)
+        """Run every (example, sample) in ``work``; returns how many records were written.
+
+        Once ``stop`` is set (e.g. on SIGTERM), no new conversation starts; those in flight get ``stop_grace_s``
+        seconds to finish and are then abandoned: nothing is stored for them, so a rerun redoes them.
+        """
+        queue = deque(work)
         commits = GroupCommit(self.store)
         written = 0
 
         async def worker() -> None:
             nonlocal written
-            while not queue.empty():
-                example, sample = queue.get_nowait()
+            while queue and not (stop is not None and stop.is_set()):
+                example, sample = queue.popleft()
                 record = await self._one(example, sample)
                 if await commits.append(record):
                     written += 1
                 if on_done is not None:
                     on_done(record)
 
+        workers = [asyncio.create_task(worker()) for _ in range(min(self.concurrency, len(work)))]
         try:
-            await asyncio.gather(*(worker() for _ in range(min(self.concurrency, len(work)))))
+            await self._finish(workers, stop)
         finally:
             commits.close()
         return written
+
+    async def _finish(self, workers: list[asyncio.Task[None]], stop: asyncio.Event | None) -> None:
+        """Wait for the workers; once ``stop`` is set, for at most ``stop_grace_s`` more, then cancel them."""
+        everything = asyncio.gather(*workers)
+        if stop is not None:
+            stopped = asyncio.ensure_future(stop.wait())
+            try:
+                await asyncio.wait([everything, stopped], return_when=asyncio.FIRST_COMPLETED)
+                if not everything.done():
+                    log.warning("stopping: no new conversation starts; %.0f s for those in flight", self.stop_grace_s)
+                    await asyncio.wait([everything], timeout=self.stop_grace_s)
+            finally:
+                stopped.cancel()
+            if not everything.done():
+                log.warning("stopping: abandoning the conversations still in flight (a rerun redoes them)")
+                everything.cancel()
+                await asyncio.wait(workers)
+                return
+        await everything
 
     async def _one(self, example: Example, sample: int) -> ConversationRecord:
         ctx = ConversationContext(
@@ -118,7 +149,7 @@ class ConversationRunner:
         finally:
             for backend in {id(a.backend): a.backend for a in self.agents.values()}.values():
                 await backend.end_session(ctx.session_id)
-        record.metrics = conversation_metrics(record) if record.turns else {"conv_err": 1.0}
+        record.metrics = conversation_metrics(record)
         return record
 
 

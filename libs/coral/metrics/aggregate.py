@@ -33,6 +33,12 @@ HEADLINE = (
 )
 """Metrics the summary table shows first, in this order (agreement correctness is the paper's headline)."""
 
+CONVERSATION_ONLY = re.compile(
+    r"(agreement|agreement_correctness|n_turns_to_success|persuasion_quality|accuracy_turn_\d+"
+    r"|(\w+_)?(persuade|assert)_rate)(\[.*\])?"
+)
+"""Metrics that need a partner's reply: a one-turn run (the CoT baseline) leaves them out of its summary."""
+
 
 def aggregate(records: Iterable[ConversationRecord], compat: bool = False) -> dict[str, float]:
     """Mean of every per-conversation metric, ``n_conversations`` and ``accuracy_turn_<k>``.
@@ -106,9 +112,16 @@ def _format(value: float | None) -> str:
     return f"{value:.4f}"
 
 
-def summary_table(metrics: Mapping[str, float | None]) -> str:
+def summary_table(metrics: Mapping[str, float | None], conversation: bool = True) -> str:
     """A fixed-width two-column table (metric, value to 4 decimals): headline metrics first, then the rest
-    sorted by name. Integers (``n_conversations``) print without decimals."""
+    sorted by name. Integers (``n_conversations``) print without decimals.
+
+    Args:
+        metrics: what ``aggregate`` returned.
+        conversation: False for a one-turn run, whose table leaves out CONVERSATION_ONLY metrics.
+    """
+    if not conversation:
+        metrics = {name: value for name, value in metrics.items() if not CONVERSATION_ONLY.fullmatch(name)}
     rest = sorted((name for name in metrics if name not in HEADLINE), key=_natural_key)
     names = [name for name in HEADLINE if name in metrics] + rest
     width = max([len("metric"), *map(len, names)])
