@@ -11,6 +11,7 @@ How pairs are chosen, and where that differs from the paper and the reference co
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     counts = build_dpo(args.results, args.out, settings, args.model)
     print(json.dumps({"out": args.out, "pairs": counts["pairs"], "records_read": counts["records_read"],
                       "dropped": counts["dropped"]}))  # fmt: skip
+    if not counts["pairs"]:
+        print(f"build_dpo: no pairs: {counts['no_pairs_because']}", file=sys.stderr)
     return counts
 
 

@@ -357,4 +357,28 @@ def build_pairs(
     pairs = seeded_shuffle(kept, settings.seed, "order")
     counts["pairs"] = len(pairs)
     counts["per_problem"] = per_problem_summary(sizes, settings.max_pairs_per_problem)
+    if not pairs:
+        counts["no_pairs_because"] = no_pairs_reason(counts)
     return pairs, counts
+
+
+def no_pairs_reason(counts: dict[str, Any]) -> str:
+    """Why ``build_pairs`` found no pair, from its counts: the first missing ingredient, in pipeline order."""
+    candidates = counts["candidates"]
+    if not counts["records"]:
+        return "no records were read"
+    if not counts["levels"]:
+        return "the records hold no generated turn"
+    if sum(candidates.values()) <= counts["levels"]:
+        return ("the records were not tree-sampled: no turn has sibling candidates, and pairs contrast candidates "
+                "of one prefix (sample with --model.beam_size > 1, e.g. 5 as in the paper)")
+    if not candidates[CORRECT]:
+        return f"no candidate is correct ({_listed(candidates)})"
+    if not counts["pairs_possible"]:
+        return f"no prefix has both a correct and a rejectable candidate ({_listed(candidates)})"
+    dropped = {name: n for name, n in counts["dropped"].items() if n}
+    return f"all {counts['pairs_possible']} possible pairs were dropped by the filters ({_listed(dropped)})"
+
+
+def _listed(numbers: dict[str, int]) -> str:
+    return ", ".join(f"{name}: {n}" for name, n in numbers.items())
