@@ -11,6 +11,7 @@ import hashlib
 import json
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -43,6 +44,35 @@ def stable_id(*parts: object) -> str:
     return digest[:16]
 
 
+@contextmanager
+def reading(path: str | Path) -> Iterator[None]:
+    """Turn what reading ``path`` can raise besides a DataError into one that names the file (and line).
+
+    A missing or unreadable file names the file; text that is not UTF-8 names the first line that does not decode
+    (found by rescanning the file's bytes, so loaders of any format need no bookkeeping of their own).
+    """
+    try:
+        yield
+    except OSError as exc:
+        problem = exc.strerror or str(exc).removeprefix(f"{path}: ")  # a loader's own message may name the file
+        raise DataError(exc.filename or path, None, None, problem) from None
+    except UnicodeDecodeError as exc:
+        raise DataError(path, _undecodable_line(Path(path)), None, f"not valid UTF-8 ({exc.reason})") from None
+
+
+def _undecodable_line(path: Path) -> int | None:
+    """The first line of ``path`` that is not UTF-8 (None for a folder: which of its files is unknown)."""
+    if not path.is_file():
+        return None
+    with open(path, "rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError:
+                return number
+    return None
+
+
 def opening_lead(verb: str, posed: bool) -> str:
     """How turn 0 begins: "I'm trying to <verb>" (asking for help) or "I would like you to try and <verb>"."""
     return f"I would like you to try and {verb}" if posed else f"I'm trying to {verb}"
@@ -50,7 +80,7 @@ def opening_lead(verb: str, posed: bool) -> str:
 
 def read_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """Yield (line number, object) for each non-blank line; a line that is not a JSON object fails fast."""
-    with open(path, encoding="utf-8") as handle:
+    with reading(path), open(path, encoding="utf-8") as handle:
         for number, line in enumerate(handle, start=1):
             if not line.strip():
                 continue
@@ -105,6 +135,15 @@ class Task(ABC):
     @abstractmethod
     def load(self, path: str | Path) -> Iterator[Example]:
         """Read the dataset's original distribution format."""
+
+    def read(self, path: str | Path) -> list[Example]:
+        """Every example of ``path``, through ``load``; what a run or a split is made from.
+
+        The whole file is read even when only the first N examples are used, so a malformed line anywhere stops
+        the run before any work; a missing file or text that is not UTF-8 fails as a DataError naming the file.
+        """
+        with reading(path):
+            return list(self.load(path))
 
     @abstractmethod
     def opening_message(self, example: Example, posed: bool = False) -> str:
