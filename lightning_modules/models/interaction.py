@@ -13,6 +13,7 @@ import logging
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Literal
 
 from lightning.pytorch import LightningModule
 from tqdm import tqdm
@@ -20,7 +21,7 @@ from tqdm import tqdm
 from coral.backends import ChatBackend, EmbeddedBackend, EngineConfig
 from coral.backends.models import DEFAULT_MODEL
 from coral.beliefs import BeliefExtractor
-from coral.conversation import PROTOCOLS, Agent, ConversationRunner, RetryPolicy
+from coral.conversation import PROTOCOLS, Agent, ConversationRunner, Protocol, RetryPolicy
 from coral.conversation.tree import strategy
 from coral.errors import ConfigError
 from coral.metrics import summary_table, write_metrics
@@ -60,6 +61,9 @@ class InteractionModule(LightningModule):
             OpenAI-compatible URL or a ``grpc://`` address (None: the embedded engine serves the model).
         student_app_name: likewise for the student.
         protocol: registered protocol name.
+        asker: who opens the conversation (turn 0); the other agent answers first. ``student``: the student asks
+            for help with the problem ("I'm trying to solve ..."); ``teacher``: the teacher poses the problem for
+            the student to solve ("I would like you to try and solve ..."), the reference's teacher-first variant.
         max_turns: most generated turns per conversation (the CoT baseline uses 1).
         sampling_temp: the agents' temperature.
         top_p: the agents' nucleus mass.
@@ -86,6 +90,7 @@ class InteractionModule(LightningModule):
         teacher_app_name: str | None = None,
         student_app_name: str | None = None,
         protocol: str = "coral",
+        asker: Literal["student", "teacher"] = "student",
         max_turns: int = 20,
         sampling_temp: float = 0.2,
         top_p: float = 0.9,
@@ -142,6 +147,11 @@ class InteractionModule(LightningModule):
             agents[name] = Agent(name, backend, served, instructions[name], sampling)
         return agents
 
+    def _protocol(self) -> Protocol:
+        """The protocol, opened by ``asker``: the reference's teacher poses the problem, its student asks for help."""
+        asker = self.hparams.asker
+        return PROTOCOLS.get(self.hparams.protocol)(asker=asker, posed=asker == "teacher")
+
     def _extractor(self) -> BeliefExtractor:
         cfg = self.extractor_config
         backend, model = None, cfg.model or self.hparams.teacher_model
@@ -164,6 +174,9 @@ class InteractionModule(LightningModule):
         hp = dict(self.hparams)
         for key in ("max_n_processes", "request_timeout", "engine", "retry", "compat_metrics"):
             hp.pop(key, None)
+        for key, default in _ADDED_LATER.items():
+            if hp.get(key) == default:
+                hp.pop(key)
         hp["extractor"] = asdict(self.extractor_config)
         data = self.trainer.datamodule
         shaped = {"model": hp, "task": data.task_name, "task_args": data.task_args, "val_set": asdict(data.val_set)}
@@ -179,7 +192,7 @@ class InteractionModule(LightningModule):
         config_hash = self.config_hash()
         _refuse_foreign_records(self.results_dir, config_hash)
         runner = ConversationRunner(
-            protocol=PROTOCOLS.get(self.hparams.protocol)(),
+            protocol=self._protocol(),
             task=data.task,
             agents=self._agents(data.instructions()),
             extractor=self._extractor(),
@@ -221,6 +234,11 @@ class InteractionModule(LightningModule):
 
     def on_validation_end(self) -> None:
         self.trainer.datamodule.task.close()
+
+
+_ADDED_LATER = {"asker": "student"}
+"""Options added after results folders existed: hashed only when set away from their default, so a folder
+written before an option existed keeps its config hash and can be resumed."""
 
 
 def _refuse_foreign_records(root: Path, config_hash: str) -> None:
