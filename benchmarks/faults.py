@@ -391,10 +391,10 @@ class Client:
 
 
 def run_with_faults(
-    protocol: str, plan: FaultPlan, evaluation: Evaluation, root: str | Path, client: Client = Client()
+    protocol: str, injector: Injector, evaluation: Evaluation, root: str | Path, client: Client = Client()
 ) -> Injector:
-    """Run ``evaluation`` into ``root`` against a faulty ``protocol`` ("http" or "grpc") server; returns its log."""
-    injector = Injector(plan)
+    """Run ``evaluation`` into ``root`` against a faulty ``protocol`` ("http" or "grpc") server; returns the
+    injector, whose log holds every request."""
     backend = deterministic_backend()
     if protocol == "http":
         from coral.serving.local import LocalServer
@@ -504,7 +504,8 @@ def _campaign_main(args: argparse.Namespace) -> None:
             kinds = HTTP_FAULTS if protocol == "http" else GRPC_FAULTS
             with tempfile.TemporaryDirectory() as root:
                 started = time.monotonic()
-                injector = run_with_faults(protocol, FaultPlan(rate=rate, kinds=kinds, seed=args.seed), evaluation, root)
+                injector = Injector(FaultPlan(rate=rate, kinds=kinds, seed=args.seed), collections.deque(kinds))
+                run_with_faults(protocol, injector, evaluation, root)
                 elapsed = time.monotonic() - started
                 rows.append(_fault_row(protocol, rate, injector, evaluation, root, elapsed))
     with tempfile.TemporaryDirectory() as root:
