@@ -3,6 +3,9 @@
 Lightning is the config, CLI, logging and multi-process launcher here; no tensors are trained. Each rank runs
 its share of the (example, sample) keys not yet in the results store, appends records as conversations end,
 and at the end rank 0 computes ``metrics.json`` from the store (never from memory) and prints a summary table.
+On SIGTERM (how Slurm pre-empts a job) no new conversation starts, those in flight get a short grace period
+(``ConversationRunner.stop_grace_s``) and are otherwise abandoned to the next run, the metrics of what is stored
+are written as usual, and ``trainer.py`` then exits with status 143.
 """
 
 from __future__ import annotations
@@ -11,8 +14,14 @@ import asyncio
 import json
 import logging
 import os
+import signal
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from types import FrameType
 from typing import Literal
 
 from lightning.pytorch import LightningModule
@@ -81,6 +90,8 @@ class InteractionModule(LightningModule):
         engine: limits of the embedded engine.
         retry: retries of failed model requests (a served application's connection errors and 5xx included).
         compat_metrics: compute metrics with the reference's definitions instead of the corrected ones.
+        retry_errors: also redo the conversations of the results folder that ended in an error; each new record
+            replaces the errored one (the default resumes only keys with no record at all).
     """
 
     def __init__(
@@ -105,6 +116,7 @@ class InteractionModule(LightningModule):
         engine: EngineConfig = EngineConfig(),
         retry: RetryPolicy = RetryPolicy(),
         compat_metrics: bool = False,
+        retry_errors: bool = False,
     ) -> None:
         super().__init__()
         counts = {"max_turns": max_turns, "sampling_n": sampling_n, "beam_size": beam_size,
@@ -118,6 +130,7 @@ class InteractionModule(LightningModule):
         self.engine_config = engine
         self.retry = retry
         self._served: dict[str, tuple[ChatBackend, str]] = {}  # app name -> one pooled client per application
+        self.unfinished = 0  # conversations of this rank left unrun because of SIGTERM
         PROTOCOLS.get(protocol)  # an unknown protocol fails at parse time, not after loading models
 
     # ------------------------------------------------------------------ building blocks
@@ -172,7 +185,7 @@ class InteractionModule(LightningModule):
     def config_hash(self) -> str:
         """Identifies what shapes the records; concurrency, timeouts and engine limits do not."""
         hp = dict(self.hparams)
-        for key in ("max_n_processes", "request_timeout", "engine", "retry", "compat_metrics"):
+        for key in ("max_n_processes", "request_timeout", "engine", "retry", "compat_metrics", "retry_errors"):
             hp.pop(key, None)
         for key, default in _ADDED_LATER.items():
             if hp.get(key) == default:
@@ -188,7 +201,7 @@ class InteractionModule(LightningModule):
 
     def validation_step(self, batch: list[Example], batch_idx: int) -> None:
         data = self.trainer.datamodule
-        store = ResultStore(self.results_dir, rank=self.global_rank)
+        store = ResultStore(self.results_dir, rank=self.global_rank, retry_errors=self.hparams.retry_errors)
         config_hash = self.config_hash()
         _refuse_foreign_records(self.results_dir, config_hash)
         runner = ConversationRunner(
@@ -209,16 +222,26 @@ class InteractionModule(LightningModule):
         shard = batch[self.global_rank :: self.trainer.world_size]
         work = runner.pending(shard, self.hparams.sampling_n)
         done = len(shard) * self.hparams.sampling_n - len(work)
+        if not work:
+            print(f"nothing to run: all {done} conversations are already stored in {self.results_dir}", flush=True)
+            return
         progress = tqdm(total=len(work) + done, initial=done, desc="conversations", disable=self.global_rank != 0)
         try:
             asyncio.run(self._run(runner, work, on_done=lambda record: progress.update()))
         finally:
             progress.close()
+        if self.trainer.received_sigterm:
+            self.unfinished += len(runner.pending(shard, self.hparams.sampling_n))
 
     async def _run(self, runner: ConversationRunner, work: list, on_done) -> None:
-        """Run the conversations, then close the served backends' connections while their event loop lives."""
+        """Run the conversations until done or SIGTERM, then close the served backends' connections while their
+        event loop lives."""
+        stop = asyncio.Event()
+        if self.trainer.received_sigterm:  # it came while the run was being set up
+            stop.set()
         try:
-            await runner.run(work, on_done=on_done)
+            with _stop_on_sigterm(stop):
+                await runner.run(work, on_done=on_done, stop=stop)
         finally:
             for backend, _ in self._served.values():
                 await backend.aclose()
@@ -227,7 +250,15 @@ class InteractionModule(LightningModule):
         self.trainer.strategy.barrier()
         if self.global_rank == 0:
             metrics = write_metrics(self.results_dir, compat=self.hparams.compat_metrics)
-            print(f"\ncoral results in {self.results_dir}\n{summary_table(metrics)}\n", flush=True)
+            table = summary_table(metrics, conversation=self.hparams.max_turns > 1)
+            print(f"\ncoral results in {self.results_dir}\n{table}\n", flush=True)
+        if self.trainer.received_sigterm:
+            print(
+                f"stopped by SIGTERM: {self.unfinished} conversations were not run (rank {self.global_rank}); the "
+                "metrics above cover those stored. Run the same command again to finish them.",
+                file=sys.stderr,
+                flush=True,
+            )
         self.trainer.strategy.barrier()
         metrics = json.loads((self.results_dir / "metrics.json").read_text())
         self.log_dict({k: float(v) for k, v in metrics.items()}, rank_zero_only=True)
@@ -239,6 +270,31 @@ class InteractionModule(LightningModule):
 _ADDED_LATER = {"asker": "student"}
 """Options added after results folders existed: hashed only when set away from their default, so a folder
 written before an option existed keeps its config hash and can be resumed."""
+
+
+@contextmanager
+def _stop_on_sigterm(stop: asyncio.Event) -> Iterator[None]:
+    """Set ``stop`` on SIGTERM (how Slurm pre-empts a job) while conversations run, from the running event loop.
+
+    The handler that was there (Lightning's, which logs and sets ``trainer.received_sigterm``) still runs.
+    Signal handlers can only be set from the main thread; elsewhere SIGTERM keeps its usual effect.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    loop = asyncio.get_running_loop()
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        loop.call_soon_threadsafe(stop.set)
+        if callable(previous):
+            previous(signum, frame)
+
+    signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _refuse_foreign_records(root: Path, config_hash: str) -> None:
