@@ -33,15 +33,13 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import grpc
-
 from coral.backends.base import ChatBackend, Message
 from coral.backends.grpc_client import PUSHBACK_METADATA, GrpcBackend
 from coral.backends.http import SESSION_HEADER, OpenAIHTTPBackend
@@ -51,9 +49,15 @@ from coral.beliefs import BeliefExtractor
 from coral.conversation import PROTOCOLS, Agent, ConversationRunner
 from coral.records import ConversationRecord
 from coral.sampling import SamplingParams
-from coral.serving.grpc_server import SESSION_METADATA, ChatServicer, RpcAbort
+from coral.serving.grpc_server import (
+    CHANNEL_OPTIONS,
+    SESSION_METADATA,
+    ChatServicer,
+    RpcAbort,
+)
 from coral.serving.proto import coral_chat_pb2 as pb
-from coral.store import ResultStore, rank_file, store_files
+from coral.store import ResultStore, rank_file, read_records, store_files
+from coral.tasks.base import Example
 from coral.tasks.mmlu_pro import MMLUProTask
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -91,9 +95,10 @@ class FaultPlan:
     def __post_init__(self) -> None:
         if not 0.0 <= self.rate <= 1.0:
             raise ValueError(f"FaultPlan.rate must be in [0, 1], got {self.rate}")
-        unknown = set(self.kinds) - set(HTTP_FAULTS) - set(GRPC_FAULTS)
+        unknown = sorted(set(self.kinds) - set(HTTP_FAULTS) - set(GRPC_FAULTS))
         if unknown or not self.kinds:
-            raise ValueError(f"FaultPlan.kinds: unknown or none {sorted(unknown)}; known: {HTTP_FAULTS + GRPC_FAULTS}")
+            known = ", ".join(dict.fromkeys(HTTP_FAULTS + GRPC_FAULTS))
+            raise ValueError(f"FaultPlan.kinds: {unknown or 'none given'}; choose from {known}")
 
 
 @dataclass(frozen=True)
@@ -117,6 +122,7 @@ class Injector:
     _seen: collections.Counter[str] = field(default_factory=collections.Counter)
 
     def decide(self, request: bytes, session: str | None, seed: int | None) -> str | None:
+        """The fault for this request (None: answer it normally), logged with the request."""
         key = hashlib.sha256(request).hexdigest()
         repeat = self._seen[key]
         self._seen[key] += 1
@@ -160,7 +166,7 @@ class FaultyHTTP:
         if fault == "429":
             error = {"error": {"message": "injected rate limit", "type": "rate_limit_error"}}
             return await _answer(send, 429, error, {"retry-after": f"{plan.retry_after_s:g}"})
-        if fault == "hang":
+        if fault == "hang":  # until the client gives up (or hang_s passed); then answered, perhaps to no one
             await _until_disconnect(receive, plan.hang_s)
             return await self.app(scope, replay, send)
         if fault == "disconnect":
@@ -210,7 +216,7 @@ async def _until_disconnect(receive: Callable, longest_s: float) -> None:
 
     try:
         await asyncio.wait_for(disconnected(), longest_s)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         pass
 
 
@@ -277,13 +283,15 @@ class FaultyGrpc:
         if fault == "exhausted":
             pushback = ((PUSHBACK_METADATA, str(round(plan.retry_after_s * 1000))),)
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "injected: busy", trailing_metadata=pushback)
-        if fault == "hang":
-            await asyncio.sleep(plan.hang_s)  # the client's deadline passes first; its call is cancelled
+        if fault == "hang":  # the client's deadline passes first; then the call is answered (to no one)
+            await asyncio.sleep(plan.hang_s)
         if fault == "malformed":
             return b"\xff\xff\xffinjected: not a ChatResponse"
-        if fault == "empty" or fault in CONTENT_FAULTS:
-            text = self.injector.text(fault) if fault in CONTENT_FAULTS else None
-            choices = [] if text is None else [pb.Choice(index=i, text=text, finish_reason="length") for i in range(max(request.n, 1))]
+        if fault == "empty":
+            return pb.ChatResponse(id="chat-injected", model=request.model).SerializeToString()
+        if fault in CONTENT_FAULTS:
+            text = self.injector.text(fault)
+            choices = [pb.Choice(index=i, text=text, finish_reason="length") for i in range(max(request.n, 1))]
             return pb.ChatResponse(id="chat-injected", model=request.model, choices=choices).SerializeToString()
         try:
             return (await self.servicer.respond(request, metadata)).SerializeToString()
@@ -293,7 +301,7 @@ class FaultyGrpc:
 
 async def serve_faulty_grpc(backend: ChatBackend, injector: Injector, host: str = "127.0.0.1") -> tuple[grpc.aio.Server, str]:
     """A faulty CoralChat server for ``backend`` on a free port; returns the server and its ``host:port``."""
-    server = grpc.aio.server()
+    server = grpc.aio.server(options=CHANNEL_OPTIONS)
     port = server.add_insecure_port(f"{host}:0")
     faulty = FaultyGrpc(ChatServicer(backend, replica=f"{host}:{port}"), injector)
     server.add_generic_rpc_handlers((faulty.handler(),))
@@ -302,7 +310,7 @@ async def serve_faulty_grpc(backend: ChatBackend, injector: Injector, host: str 
 
 
 def faulty_http_app(backend: ChatBackend, injector: Injector) -> FaultyHTTP:
-    """coral's OpenAI-compatible app for ``backend`` (serving any model name as ``MODEL``), with faults."""
+    """coral's OpenAI-compatible app serving ``backend`` as model ``MODEL``, with faults."""
     from coral.serving.openai_api import build_openai_app
 
     return FaultyHTTP(build_openai_app(backend, [MODEL]), injector)
@@ -338,9 +346,10 @@ class Evaluation:
     run_seed: int = 0
 
     def keys(self) -> set[tuple[str, int]]:
+        """Every (example id, sample) the run must store exactly once."""
         return {(example.id, s) for example in self._examples() for s in range(self.samples)}
 
-    def _examples(self):
+    def _examples(self) -> list[Example]:
         return MMLUProTask().read(DATA)[: self.examples]
 
     async def run(self, backend: ChatBackend, root: str | Path, retry: RetryPolicy = RetryPolicy(attempts=1)) -> int:
@@ -392,16 +401,17 @@ class Client:
 
 def run_with_faults(
     protocol: str, injector: Injector, evaluation: Evaluation, root: str | Path, client: Client = Client()
-) -> Injector:
-    """Run ``evaluation`` into ``root`` against a faulty ``protocol`` ("http" or "grpc") server; returns the
-    injector, whose log holds every request."""
+) -> None:
+    """Run ``evaluation`` into ``root`` against a faulty ``protocol`` ("http" or "grpc") server of ``injector``."""
     backend = deterministic_backend()
     if protocol == "http":
-        from coral.serving.local import LocalServer
+        from coral.serving.local import (
+            LocalServer,  # imports torch (the embedded engine): not in client processes
+        )
 
         with LocalServer(faulty_http_app(backend, injector), log_level="critical") as server:
             asyncio.run(evaluation.run(client.backend("http", server.base_url), root, client.retry))
-        return injector
+        return
 
     async def over_grpc() -> None:
         server, target = await serve_faulty_grpc(backend, injector)
@@ -411,7 +421,6 @@ def run_with_faults(
             await server.stop(None)
 
     asyncio.run(over_grpc())
-    return injector
 
 
 @dataclass(frozen=True)
@@ -495,50 +504,69 @@ def _serve_main(args: argparse.Namespace) -> None:
     server.run()
 
 
+TRANSPORT_HTTP_FAULTS = tuple(kind for kind in HTTP_FAULTS if kind not in CONTENT_FAULTS)
+KILL_EVALUATION = Evaluation(examples=70, samples=2, max_turns=4, concurrency=4)
+"""Enough work that 20 kills (each after 0-3 more records) land while the client still has conversations to run."""
+
+
 def _campaign_main(args: argparse.Namespace) -> None:
     """Measure the README's reliability table and print it as Markdown."""
     evaluation = Evaluation(examples=args.conversations // 2, samples=2)
+    with tempfile.TemporaryDirectory() as root:
+        asyncio.run(evaluation.run(deterministic_backend(), root))
+        baseline = {record.key: record for record in read_records(root)}
     rows = []
-    for protocol in ("http", "grpc"):
+    for protocol, kinds in (("http", HTTP_FAULTS), ("grpc", GRPC_FAULTS)):
         for rate in (0.1, 0.3):
-            kinds = HTTP_FAULTS if protocol == "http" else GRPC_FAULTS
             with tempfile.TemporaryDirectory() as root:
-                started = time.monotonic()
                 injector = Injector(FaultPlan(rate=rate, kinds=kinds, seed=args.seed), collections.deque(kinds))
+                started = time.monotonic()
                 run_with_faults(protocol, injector, evaluation, root)
-                elapsed = time.monotonic() - started
-                rows.append(_fault_row(protocol, rate, injector, evaluation, root, elapsed))
+                rows.append(_fault_row(protocol, rate, injector, evaluation, root, time.monotonic() - started, baseline))
     with tempfile.TemporaryDirectory() as root:
         from coral.serving.local import LocalServer
 
-        plan = FaultPlan(rate=0.1, kinds=HTTP_FAULTS[:6], seed=args.seed, retry_after_s=0.2)
+        plan = FaultPlan(rate=0.1, kinds=TRANSPORT_HTTP_FAULTS, seed=args.seed, retry_after_s=0.2)
         with LocalServer(faulty_http_app(deterministic_backend(0.005), Injector(plan)), log_level="critical") as server:
-            report = kill_and_restart(server.base_url, root, evaluation, args.kills, args.seed)
-        lost, duplicated = lost_and_duplicated(root, evaluation.keys())
-        recovery = _spread(report.recovery_s)
-        rows.append((f"SIGKILL of the client x{args.kills} ({report.mid_run} mid-run), restart; HTTP 10% transport "
-                     f"faults", lost, duplicated, "0", f"restart to next stored record: {recovery}"))
-    print("| Faults tried | Conversations lost | Duplicates | Ended in error (recorded) | Recovery time |")
+            report = kill_and_restart(server.base_url, root, KILL_EVALUATION, args.kills, args.seed)
+        lost, duplicated = lost_and_duplicated(root, KILL_EVALUATION.keys())
+        rows.append((
+            f"SIGKILL of the client at {args.kills} random points ({report.mid_run} mid-run), each followed by a "
+            f"restart; {len(KILL_EVALUATION.keys())} conversations, HTTP 10% transport faults",
+            lost, duplicated, "-", f"restart to the next stored record: {_spread(report.recovery_s)}",
+        ))
+    print("| Faults tried | Conversations lost | Duplicates | Completed as without faults | Recovery time |")
     print("|---|---|---|---|---|")
     for row in rows:
         print("| " + " | ".join(str(cell) for cell in row) + " |")
 
 
-def _fault_row(protocol: str, rate: float, injector: Injector, evaluation: Evaluation, root: str, elapsed: float) -> tuple:
+def completed_cleanly(records: list[ConversationRecord], injector: Injector) -> list[ConversationRecord]:
+    """The conversations that ended without an error and never got hostile text: those a fault-free run must
+    reproduce exactly."""
+    hostile = {entry.session for entry in injector.log if entry.fault in CONTENT_FAULTS}
+    return [r for r in records if r.stop_reason != "error" and session_of(r) not in hostile]
+
+
+def session_of(record: ConversationRecord) -> str:
+    """The session id its requests carried (``ConversationContext.session_id``)."""
+    return f"{record.run_seed}:{record.example_id}:{record.sample_index}"
+
+
+def _fault_row(protocol: str, rate: float, injector: Injector, evaluation: Evaluation, root: str, elapsed: float,
+               baseline: dict[tuple[str, int], ConversationRecord]) -> tuple:
     counts = collections.Counter(entry.fault for entry in injector.log if entry.fault)
-    records = [r for r in _records(root)]
+    records = read_records(root)
     lost, duplicated = lost_and_duplicated(root, evaluation.keys())
-    retried = [t.latency_s for r in records for t in r.turns if t.attempts > 1 and t.error is None]
+    clean = completed_cleanly(records, injector)
+    same = sum(r.metrics == baseline[r.key].metrics and r.turns[-1].text == baseline[r.key].turns[-1].text for r in clean)
     errored = sum(r.stop_reason == "error" for r in records)
+    retried = tuple(t.latency_s for r in records for t in r.turns if t.attempts > 1 and t.error is None)
     tried = ", ".join(f"{kind} {n}" for kind, n in sorted(counts.items()))
-    faults = f"{protocol.upper()} {rate:.0%} of {len(injector.log)} requests ({tried}); {len(records)} conversations in {elapsed:.1f} s"
-    return faults, lost, duplicated, errored, f"retried turn, first try to answer: {_spread(tuple(retried))}"
-
-
-def _records(root: str | Path) -> list[ConversationRecord]:
-    from coral.store import read_records
-
-    return read_records(root)
+    faults = (f"{protocol.upper()} {rate:.0%}: {sum(counts.values())} faults in {len(injector.log)} requests ({tried}); "
+              f"{len(records)} conversations in {elapsed:.1f} s")
+    outcome = f"{same} of {len(clean)} (others: {errored} ended in error, {len(records) - len(clean) - errored} got hostile text)"
+    return faults, lost, duplicated, outcome, f"a retried turn, first request to answer: {_spread(retried)}"
 
 
 def _spread(values: tuple[float, ...]) -> str:

@@ -26,9 +26,11 @@ from benchmarks.faults import (
     FaultPlan,
     Injected,
     Injector,
+    completed_cleanly,
     deterministic_backend,
     lines_per_key,
     run_with_faults,
+    session_of,
 )
 
 pytestmark = pytest.mark.timeout(120)
@@ -51,16 +53,13 @@ def fault_free(tmp_path_factory) -> dict[tuple[str, int], ConversationRecord]:
     return {record.key: record for record in read_records(root)}
 
 
-def session_of(record: ConversationRecord) -> str:
-    return f"{record.run_seed}:{record.example_id}:{record.sample_index}"
-
-
 @pytest.mark.parametrize("rate", [0.1, 0.3])
 @pytest.mark.parametrize("protocol", ["http", "grpc"])
 def test_faults_lose_nothing_are_retried_and_leave_completed_conversations_unchanged(protocol, rate, tmp_path, fault_free):
     kinds = KINDS[protocol]
     plan = FaultPlan(rate=rate, kinds=kinds, seed=16, retry_after_s=WAIT_S, hang_s=2.0)
-    injector = run_with_faults(protocol, Injector(plan, collections.deque(kinds)), EVALUATION, tmp_path)
+    injector = Injector(plan, collections.deque(kinds))
+    run_with_faults(protocol, injector, EVALUATION, tmp_path)
     log = injector.log
     injected = collections.Counter(entry.fault for entry in log if entry.fault)
     assert set(injected) == set(kinds) and sum(injected.values()) >= len(kinds) + rate * len(log) / 2
@@ -88,8 +87,7 @@ def test_faults_lose_nothing_are_retried_and_leave_completed_conversations_uncha
             assert later.at - earlier.at >= WAIT_S
 
     # conversations that completed without hostile text are the fault-free run's
-    hostile = {entry.session for entry in log if entry.fault in CONTENT_FAULTS}
-    completed = [r for r in records if r.stop_reason != "error" and session_of(r) not in hostile]
+    completed = completed_cleanly(records, injector)
     assert len(completed) >= len(records) // 2
     for record in completed:
         reference = fault_free[record.key]

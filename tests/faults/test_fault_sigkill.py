@@ -16,10 +16,9 @@ from coral.serving.local import LocalServer
 from coral.store import rank_file
 
 from benchmarks.faults import (
-    HTTP_FAULTS,
-    CONTENT_FAULTS,
+    KILL_EVALUATION,
+    TRANSPORT_HTTP_FAULTS,
     Client,
-    Evaluation,
     FaultPlan,
     Injector,
     deterministic_backend,
@@ -32,12 +31,11 @@ pytestmark = pytest.mark.timeout(240)
 
 KILLS = 20
 SEED = 16
-EVALUATION = Evaluation(examples=70, samples=2, max_turns=4, concurrency=4)
+EVALUATION = KILL_EVALUATION  # 140 conversations, 4 at a time
 
 
 def test_sigkill_at_random_points_loses_and_duplicates_nothing(tmp_path):
-    transport = tuple(kind for kind in HTTP_FAULTS if kind not in CONTENT_FAULTS)
-    plan = FaultPlan(rate=0.1, kinds=transport, seed=SEED, retry_after_s=0.2, hang_s=2.0)
+    plan = FaultPlan(rate=0.1, kinds=TRANSPORT_HTTP_FAULTS, seed=SEED, retry_after_s=0.2, hang_s=2.0)
     client = Client(timeout_s=0.5, retry=RetryPolicy(attempts=5, backoff_s=0.01, max_backoff_s=2.0))
     app = faulty_http_app(deterministic_backend(latency_s=0.005), Injector(plan))
     with LocalServer(app, log_level="critical") as server:

@@ -29,7 +29,6 @@ from coral.serving.grpc_server import (
     from_response,
     to_request,
 )
-from coral.serving.proto import coral_chat_pb2 as pb
 from coral.serving.proto import coral_chat_pb2_grpc as pb_grpc
 
 RETRYABLE_CODES = frozenset(
