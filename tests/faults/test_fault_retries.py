@@ -104,7 +104,7 @@ def test_http_too_few_choices_is_retried(http_server):
 
 @pytest.mark.parametrize(
     ("fault", "reason"),
-    [("malformed", "could not be decoded"), ("empty", "asked for 1 choice(s), the answer holds 0"),
+    [("malformed", "answer could not be decoded"), ("empty", "asked for 1 choice(s), the answer holds 0"),
      ("unavailable", "UNAVAILABLE"), ("hang", "DEADLINE_EXCEEDED")],
 )
 def test_grpc_broken_answers_are_retried_and_recorded(fault, reason):

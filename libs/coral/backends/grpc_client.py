@@ -124,8 +124,6 @@ class GrpcBackend:
         async def attempt() -> list[Completion]:
             stub = await self._client()
             response = await _call(lambda: stub.Chat(request, timeout=self.timeout_s, metadata=metadata), self.target)
-            if response is None:  # grpc logs an undecodable answer and hands over None
-                raise BackendError(f"{self.target}: the ChatResponse could not be decoded", retryable=True)
             return expect_choices(from_response(response), n, self.target)
 
         completions, failures = await self._with_retries(attempt, sampling.seed)
@@ -173,15 +171,18 @@ class GrpcBackend:
 
 
 async def _call(rpc: Callable[[], Awaitable[T]], target: str, retryable: bool = True) -> T:
-    """Await one RPC; a failed status becomes a BackendError naming the code, retryable for RETRYABLE_CODES and
-    carrying the server's pushback."""
+    """Await one RPC (or one message of a stream); a failed status becomes a BackendError naming the code,
+    retryable for RETRYABLE_CODES and carrying the server's pushback, and so does an undecodable answer."""
     try:
-        return await rpc()
+        answer = await rpc()
     except grpc.aio.AioRpcError as exc:
         code = exc.code()
         message = f"{target}: {code.name}: {exc.details()}"
         retry_after = _pushback_s(exc.trailing_metadata())
         raise BackendError(message, retryable=retryable and code in RETRYABLE_CODES, retry_after_s=retry_after) from None
+    if answer is None:  # grpc logs a message it cannot decode and hands over None
+        raise BackendError(f"{target}: the answer could not be decoded", retryable=retryable)
+    return answer
 
 
 def _pushback_s(metadata: Any) -> float | None:
