@@ -405,9 +405,8 @@ def run_with_faults(
     """Run ``evaluation`` into ``root`` against a faulty ``protocol`` ("http" or "grpc") server of ``injector``."""
     backend = deterministic_backend()
     if protocol == "http":
-        from coral.serving.local import (
-            LocalServer,  # imports torch (the embedded engine): not in client processes
-        )
+        # imports torch (for the embedded engine), which client processes need not pay for
+        from coral.serving.local import LocalServer
 
         with LocalServer(faulty_http_app(backend, injector), log_level="critical") as server:
             asyncio.run(evaluation.run(client.backend("http", server.base_url), root, client.retry))
