@@ -126,17 +126,18 @@ def unknown_option_hint(message: str, parser: ArgumentParser) -> str | None:
         class_path, option = nested.group(1), nested.group(2) or nested.group(3)
         section = re.search(r'Parser key "(\w+)"', message) or re.search(r"--(\w+)\.", message)
         prefix = f"{section.group(1)}." if section else ""
-        return _hint(prefix + option, [prefix + name for name in _class_options(class_path)])
+        see = f"--{prefix}help {class_path.rpartition('.')[2]}" if prefix else "--help"
+        return _hint(prefix + option, [prefix + name for name in _class_options(class_path)], see)
     flat = re.search(r"unrecognized arguments: --([\w.]+)", message)
     if flat:
-        return _hint(flat.group(1), [name.removeprefix("--") for name in _option_strings(parser)])
+        return _hint(flat.group(1), [name.removeprefix("--") for name in _option_strings(parser)], "--help")
     return None
 
 
-def _hint(option: str, accepted: list[str]) -> str:
+def _hint(option: str, accepted: list[str], see: str) -> str:
     close = difflib.get_close_matches(option, accepted, n=2, cutoff=0.7)
     suggestion = f"; did you mean {' or '.join(f'--{name}' for name in close)}?" if close else ""
-    return f"option --{option} is not accepted{suggestion} (see --help)"
+    return f"option --{option} is not accepted{suggestion} (options: {see})"
 
 
 def _class_options(class_path: str) -> list[str]:
