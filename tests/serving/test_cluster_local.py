@@ -1,11 +1,14 @@
 """A real Ray cluster on this machine: start (replacing a stale record), deploy, health-check, status, remove, stop.
 
 One head (no CPUs for replicas) and one worker (1 CPU) on 127.0.0.1, the embedded default model served by Ray
-Serve with one replica, asked over HTTP and over Serve's gRPC proxy. Takes about a minute on 2 cores.
+Serve with one replica, asked over HTTP and over Serve's gRPC proxy; what listens beyond loopback is checked.
+Takes about a minute on 2 cores.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ipaddress
 import json
 import subprocess
 import sys
@@ -27,6 +30,20 @@ pytestmark = pytest.mark.timeout(600)
 
 CLUSTER = "local_test"
 TINY = "[{'name': 'tiny', 'model': 'SmolLM2-135M-Instruct', 'min_replicas': 1, 'engine_args': {'max_sequences': 4}}]"
+
+
+def _exposed(pids: list[int]) -> dict[int, str]:
+    """Ports that the cluster's processes listen on beyond loopback: {port: process name}."""
+    found = {}
+    for pid in pids:
+        for process in session_processes(pid):
+            with contextlib.suppress(psutil.Error):
+                for socket in process.net_connections(kind="inet"):
+                    address = ipaddress.ip_address(socket.laddr.ip)
+                    address = getattr(address, "ipv4_mapped", None) or address
+                    if socket.status == psutil.CONN_LISTEN and not address.is_loopback:
+                        found[socket.laddr.port] = process.name()
+    return found
 
 
 def _stale_record(state: ClusterState) -> int:
@@ -72,6 +89,11 @@ def test_local_cluster_serves_checks_and_stops(cluster, capsys):
     common = ["--cluster_id", CLUSTER, "--coral_dir", coral_dir]
     assert cli.main(["deploy_applications", *common, "--applications", TINY, "--timeout_s", "300"]) == 0
     assert f"tiny: RUNNING  http http://127.0.0.1:{head.http_port}/tiny/v1" in capsys.readouterr().out
+    # Everything listens on loopback but the two servers Ray 2.60 binds to [::] whatever it is told (README):
+    # Serve's gRPC proxy and each replica's inter-deployment gRPC server.
+    exposed = _exposed([job["pid"] for job in jobs])
+    assert exposed.pop(head.grpc_port) == "ray::ProxyActor"
+    assert list(exposed.values()) == ["ray::ServeReplica:tiny:EmbeddedDeployment"]
 
     http = check_health("tiny", cluster_id=CLUSTER, coral_dir=coral_dir, max_tokens=8)
     assert http.ok, http.error

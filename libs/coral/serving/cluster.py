@@ -239,6 +239,30 @@ def _ray_executable() -> str:
     return found
 
 
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+_LOOPBACK_RAY = """
+import os, sys
+os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # every process Ray starts takes loopback as this node's IP
+from ray._private import ray_constants, services
+ray_constants.ENABLE_RAY_CLUSTER = True  # this one may still join a head
+services.resolve_ip_for_localhost = lambda host: host  # and keeps a loopback address as given
+from ray.scripts.scripts import main
+sys.exit(main())
+"""
+"""The ``ray`` CLI for a node on loopback. ``ray start`` swaps a loopback ``--node-ip-address`` or ``--address``
+for this machine's routable address (so that other machines could join), and Ray's servers then listen on every
+interface; Ray binds GCS, raylets, agents, workers and the client server to loopback only when the node's address
+is loopback. So a local cluster's nodes keep 127.0.0.1: in the ``ray start`` process by patching that swap, in
+the processes it starts (dashboard, agents, Serve, replicas, which connect to the GCS by address) through Ray's
+switch that makes loopback the node address (meant for single-machine Ray on macOS and Windows)."""
+
+
+def _ray_command(host: str) -> list[str]:
+    """How to run ``ray`` for a node reached at ``host``: on loopback, the variant that stays there."""
+    return [sys.executable, "-c", _LOOPBACK_RAY] if host in LOOPBACK else [_ray_executable()]
+
+
 def _node_port_flags() -> list[str]:
     """Per-node agent ports, chosen free, so several nodes (or clusters) can share one host."""
     listen, grpc, runtime_env, metrics = free_ports(4)
@@ -270,7 +294,7 @@ def _start_head_process(host: str, dashboard_host: str, num_cpus: float | None, 
                         options: dict[str, Any], token_file: str) -> tuple[subprocess.Popen, HeadInfo]:
     """``ray start --head --block`` on free ports; returns the process and the head's description."""
     gcs, dashboard, client, http, grpc = free_ports(5)
-    command = [_ray_executable(), "start", "--head", "--block", "--disable-usage-stats",
+    command = [*_ray_command(host), "start", "--head", "--block", "--disable-usage-stats",
                "--node-ip-address", host, "--port", str(gcs), "--ray-client-server-port", str(client),
                "--dashboard-host", dashboard_host, "--dashboard-port", str(dashboard),
                *_resource_flags(num_cpus, num_gpus), *_node_port_flags()]
@@ -293,7 +317,8 @@ def _wait_for_head(head: HeadInfo, process: subprocess.Popen, log: Path, timeout
 
 def _worker_command(address: str, num_cpus: float | None, num_gpus: float | None, label: str) -> list[str]:
     """``ray start --block`` joining ``address``; the node label lets the caller see this very node join."""
-    return [_ray_executable(), "start", "--block", "--disable-usage-stats", "--address", address,
+    host = address.rsplit(":", 1)[0]
+    return [*_ray_command(host), "start", "--block", "--disable-usage-stats", "--address", address,
             "--labels", f"{NODE_LABEL}={label}", *_resource_flags(num_cpus, num_gpus), *_node_port_flags()]
 
 
@@ -339,7 +364,9 @@ class LocalOptions:
         gpus_per_worker: GPUs each worker node offers Ray.
         head_cpus: CPUs the head offers (None: 0 when workers are added, so replicas run on workers;
             otherwise every core).
-        host: address clients use to reach the head; the dashboard binds it (127.0.0.1: this machine only).
+        host: address clients use to reach the head; the dashboard binds it. 127.0.0.1 (the default) keeps every
+            Ray server on loopback (``_LOOPBACK_RAY``) but two that Ray 2.60 binds to all interfaces whatever it is
+            told: Serve's gRPC proxy and each replica's inter-deployment gRPC server.
         http_host: address the Serve HTTP proxy binds.
         proxy_location: ``HeadOnly``: one proxy; on one host every node would otherwise claim the same port.
     """

@@ -20,6 +20,7 @@ import uvicorn
 
 from coral.backends.embedded import EmbeddedBackend, EngineConfig
 from coral.backends.models import DEFAULT_MODEL
+from coral.serving.cluster import LOOPBACK
 from coral.serving.openai_api import MAX_BODY_BYTES, build_openai_app
 
 log = logging.getLogger(__name__)
@@ -27,7 +28,6 @@ log = logging.getLogger(__name__)
 TOKEN_ENV = "CORAL_API_TOKEN"
 """Environment variable holding the bearer token when none is passed."""
 
-LOOPBACK = ("127.0.0.1", "::1", "localhost")
 
 
 def serve_local(
