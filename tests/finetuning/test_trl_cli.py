@@ -17,10 +17,10 @@ def test_the_readme_command_line_reaches_train_with_typed_settings(monkeypatch, 
     monkeypatch.setattr(trl_trainer, "train", lambda *args: calls.append(args) or Path(args[2]) / "checkpoint")
     trl_trainer.main(["--model", "SmolLM2-135M-Instruct", "--data", str(tmp_path / "dpo"),
                       "--out", str(tmp_path / "out"), "--settings.method", "sft", "--settings.lora", "true",
-                      "--settings.max_steps", "200", "--settings.dtype", "bfloat16"])  # fmt: skip
+                      "--settings.max_steps", "200"])  # fmt: skip
     (model, data, out, settings), = calls
     assert (model, data, out) == ("SmolLM2-135M-Instruct", tmp_path / "dpo", tmp_path / "out")
-    assert settings == TrainSettings(method="sft", lora=True, max_steps=200, dtype="bfloat16")
+    assert settings == TrainSettings(method="sft", lora=True, max_steps=200)
 
 
 def test_weights_are_bf16_on_cuda_and_fp32_on_cpu_unless_chosen():
