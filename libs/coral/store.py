@@ -139,7 +139,7 @@ class ResultStore:
 
         Unbuffered, so nothing of a failed write lingers in a buffer to be flushed later behind a good line.
         """
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
         try:
             end = os.fstat(fd).st_size
             try:
