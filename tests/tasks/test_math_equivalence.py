@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from coral.tasks.math_equivalence import MathEquivalence
+from coral.tasks.math_equivalence import MAX_ANSWER_CHARS, MathEquivalence
 
 HANGS = r"9^{9^{9^{9}}}"  # sympy tries to evaluate this tower; it never finishes within the timeout
 
@@ -14,6 +14,16 @@ HANGS = r"9^{9^{9^{9}}}"  # sympy tries to evaluate this tower; it never finishe
 async def test_identical_strings_need_no_pool() -> None:
     equivalence = MathEquivalence()
     assert await equivalence.equal(r"\frac{1}{2}", r" \frac{1} {2} ") is True
+    assert equivalence._pool is None  # nothing was started
+
+
+@pytest.mark.asyncio
+async def test_answers_too_long_for_any_real_answer_never_reach_a_worker() -> None:
+    equivalence = MathEquivalence()
+    huge = "{" * (MAX_ANSWER_CHARS + 1)
+    assert await equivalence.equal(huge, huge + " ") is False
+    assert await equivalence.equal(huge, huge) is True
+    assert await equivalence.equal("1", "1" * 10**6) is False
     assert equivalence._pool is None  # nothing was started
 
 

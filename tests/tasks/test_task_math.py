@@ -1,12 +1,13 @@
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
 
 from coral.errors import DataError
 from coral.tasks import Example, MathTask
-from coral.tasks.boxed import last_boxed
+from coral.tasks.boxed import iter_boxed, last_boxed
 
 ROOT = Path(__file__).resolve().parents[2]
 JSONL = ROOT / "data" / "math" / "test.jsonl"
@@ -115,6 +116,30 @@ def test_last_boxed_is_brace_balanced() -> None:
     assert last_boxed(r"\boxed{3} and an unclosed \boxed{4") == "3"
 
 
+def test_boxes_are_found_in_one_pass() -> None:
+    """The old scanner restarted from every box: 21 KB of unclosed boxes took over a second, 80 KB over a minute."""
+    unclosed = r"\boxed{" * 3_000
+    start = time.perf_counter()
+    assert iter_boxed(unclosed) == []
+    assert time.perf_counter() - start < 0.1
+    nested = r"\boxed{" * 3 + "1" + "}" * 3
+    assert iter_boxed(nested) == [(0, r"\boxed{\boxed{1}}"), (7, r"\boxed{1}"), (14, "1")]  # in order of start
+    assert iter_boxed(r"} {\boxed{a}} \fbox{b") == [(3, "a")]  # stray and unclosed braces are skipped
+
+
+@pytest.mark.parametrize(
+    "text",
+    [r"\boxed{" * 2_000, "{" * 100_000, r"\boxed{" + "{" * 100_000, "}" * 100_000],
+    ids=["unclosed boxes", "open braces", "one deep box", "closing braces"],
+)
+def test_parsers_read_hostile_turns_in_linear_time(text: str) -> None:
+    start = time.perf_counter()
+    assert MathTask().parse_belief(text, example()) is None
+    assert MathTask().parse_judge_output(text, example()) is None
+    assert MathTask(compat=True).parse_judge_output(text, example()) is None
+    assert time.perf_counter() - start < 0.1
+
+
 def test_parse_belief_takes_the_last_box() -> None:
     task = MathTask()
     text = r"Earlier I said $\boxed{3}$ but the answer is $\boxed{\frac{\sqrt{3}}{3}}$."
@@ -190,3 +215,22 @@ async def test_agreement_compat_is_string_equality(math_task: MathTask) -> None:
 )
 def test_judge_replies_that_state_an_unboxed_latex_answer(reply, belief):
     assert MathTask().parse_judge_output(reply, None) == belief
+
+
+@pytest.mark.parametrize(
+    ("reply", "default", "compat"),
+    [
+        (r"$\boxed{5}$", "5", "5"),
+        (r"\boxed{5}", "5", None),  # without dollar signs the reference's regex found nothing: "Error: <reply>"
+        (r"The answer is $5$.", "5", None),
+        (r"$\boxed{5}$ but not sure yet", "5", None),  # "not sure yet" anywhere: unsure
+        (r"$\boxed{1}$ or $\boxed{2}$", "1", "2"),  # greedy to the line's last "}$"; its matcher took the last box
+        ("$\\boxed{1\n}$ then $\\boxed{2}$", "1", "2"),  # ".*" stops at a line break: the next line's box
+        (r"$\boxed{\frac{1}{2}}$.", r"\frac{1}{2}", r"\frac{1}{2}"),
+        (r"$\boxed{}$", None, ""),  # an empty box was a valid (wrong) belief
+        ("not sure yet", None, None),
+    ],
+)
+def test_compat_reads_the_judge_as_the_reference_did(reply: str, default: str | None, compat: str | None) -> None:
+    assert MathTask().parse_judge_output(reply, example()) == default
+    assert MathTask(compat=True).parse_judge_output(reply, example()) == compat

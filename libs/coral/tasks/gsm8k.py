@@ -20,9 +20,10 @@ from pathlib import Path
 from typing import Any
 
 from coral.errors import DataError
-from coral.tasks.base import NOT_SURE, TASKS, Example, read_jsonl, require, stable_id, unique_ids
+from coral.tasks.base import TASKS, Example, read_jsonl, require, stable_id, unique_ids
 from coral.tasks.boxed import iter_boxed, last_boxed
 from coral.tasks.math import MathTask
+from coral.tasks.parsing import reply_head, turn_tail, unsure_at
 
 
 @TASKS.register("gsm8k")
@@ -58,6 +59,7 @@ class GSM8KTask(MathTask):
 
     def parse_belief(self, text: str, example: Example) -> str | None:
         """The last box; without one, the last "#### N" or "the answer is N" (GSM8K's own solution styles)."""
+        text = turn_tail(text)
         boxed = last_boxed(text)
         if boxed is not None:
             return boxed
@@ -66,12 +68,13 @@ class GSM8KTask(MathTask):
 
     def parse_judge_output(self, text: str, example: Example) -> str | None:
         """The judge's first box, else its first stated number, unless it said "not sure yet" before it."""
-        unsure_at = text.lower().find(NOT_SURE)
+        text = reply_head(text)
+        unsure = unsure_at(text)
         for start, content in iter_boxed(text):
             if content.strip():
-                return None if 0 <= unsure_at < start else content.strip()
+                return None if 0 <= unsure < start else content.strip()
         stated = _STATED_NUMBER.search(text)
-        if stated is None or 0 <= unsure_at < stated.start():
+        if stated is None or 0 <= unsure < stated.start():
             return None
         return stated.group(1).replace(",", "")
 
@@ -86,9 +89,10 @@ class GSM8KTask(MathTask):
         return await self._equivalence.equal(belief_a, belief_b)
 
 
-_NUMBER = r"""(?>-?\d[\d,]*(?:\.\d+)?)(?=\s*(?:$|[.,;:!?)*%$\\"'\]])|\s+[A-Za-z])"""
+_NUMBER = r"""(?>-?\d[\d,]*(?:\.\d+)?)(?=\s*+(?:$|[.,;:!?)*%$\\"'\]])|\s++[A-Za-z])"""
 """A number with optional thousands separators, then punctuation or a word ("3 + 4 = 7" and "2x" state none)."""
-_STATED_NUMBER = re.compile(rf"(?:####|(?i:answer\s+is:?))\s*\**\s*\$*\s*({_NUMBER})")
+_STATED_NUMBER = re.compile(rf"(?:####|(?i:answer\s++is:?))\s*+\**+\s*+\$*+\s*+({_NUMBER})")
+"""Possessive quantifiers (the separators are disjoint), so a run of spaces is never re-split: linear time."""
 _TEXT = re.compile(r"\\(?:text|mbox|textrm)\{[^{}0-9]*\}")
 _THOUSANDS = re.compile(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?")
 _PLAIN = re.compile(r"-?(?:\d+(?:\.\d+)?|\.\d+|\d+/\d+)")
@@ -106,5 +110,5 @@ def plain_number(answer: str) -> Fraction | None:
         return None
     try:
         return Fraction(text)
-    except ZeroDivisionError:
+    except (ZeroDivisionError, ValueError):  # ValueError: past Python's limit of 4,300 digits for int()
         return None

@@ -167,7 +167,7 @@ class HiToMTask(ShortAnswerTask):
 
     def parse_judge_output(self, text: str, example: Example) -> str | None:
         if self.multiple_choice:
-            return parse_judge_letter(text, len(example.choices))
+            return parse_judge_letter(text, len(example.choices), self.compat)
         return super().parse_judge_output(text, example)
 
     async def grade(self, belief: str, example: Example) -> bool:

@@ -10,14 +10,14 @@ Two distribution formats are read, and give the same ids and gold answers for th
 
 Grading and agreement both use math-verify's equivalence (``0.5`` agrees with ``\frac12``). The reference graded
 with the PRM800K grader (Hendrycks normalisation, then sympy) and agreed by string equality; ``compat=True``
-keeps only the string-equality agreement, since the grader here is math-verify either way.
+keeps the string-equality agreement and the reference's reading of the judge's reply (``reference_judge_answer``),
+since the grader here is math-verify either way.
 """
 
 from __future__ import annotations
 
-import re
-
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -27,6 +27,7 @@ from coral.tasks.base import NOT_SURE, TASKS, Example, Task, opening_lead, read_
 from coral.tasks.boxed import iter_boxed, last_boxed
 from coral.tasks.judge_prompt import judge_messages
 from coral.tasks.math_equivalence import MathEquivalence
+from coral.tasks.parsing import reply_head, turn_tail, unsure_at
 
 
 @TASKS.register("math")
@@ -34,7 +35,8 @@ class MathTask(Task):
     r"""MATH with a boxed final answer.
 
     Args:
-        compat: agree by string equality of beliefs, as the reference did (grading stays math-verify).
+        compat: agree by string equality of beliefs and read the judge's reply as the reference did (grading
+            stays math-verify).
         timeout_s: longest one equivalence check may run before it counts as "not equivalent".
         workers: math-verify worker processes.
     """
@@ -104,22 +106,26 @@ class MathTask(Task):
 
     def parse_belief(self, text: str, example: Example) -> str | None:
         """The last boxed answer of the turn: agents restate their final answer last."""
-        return last_boxed(text)
+        return last_boxed(turn_tail(text))
 
     def parse_judge_output(self, text: str, example: Example) -> str | None:
         """The judge's first boxed answer, unless it said "not sure yet" before giving one.
 
         Small judges often write "The answer is $x$" instead of boxing it; that form is accepted too (the
-        reference's regex only took boxes, so such replies counted as "no answer").
+        reference's regex only took boxes, so such replies counted as "no answer"). Compat mode reads the reply
+        as the reference did (``reference_judge_answer``).
         """
-        unsure_at = text.lower().find(NOT_SURE)
+        text = reply_head(text)
+        if self.compat:
+            return reference_judge_answer(text)
+        unsure = unsure_at(text)
         for start, content in iter_boxed(text):
-            if 0 <= unsure_at < start:
+            if 0 <= unsure < start:
                 return None
             if content.strip():
                 return content.strip()
         stated = _STATED_ANSWER.search(text)
-        if stated is None or 0 <= unsure_at < stated.start():
+        if stated is None or 0 <= unsure < stated.start():
             return None
         return stated.group(1).strip() or None
 
@@ -135,8 +141,33 @@ class MathTask(Task):
         self._equivalence.close()
 
 
-_STATED_ANSWER = re.compile(r"answer is:?\s*\$+([^$]+?)\$+", re.IGNORECASE)
-"""``answer is $x$`` (or ``$$x$$``): the unboxed way a judge may name a LaTeX answer."""
+_STATED_ANSWER = re.compile(r"answer is:?\s*+\$++([^$]++)\$", re.IGNORECASE)
+"""``answer is $x$`` (or ``$$x$$``): the unboxed way a judge may name a LaTeX answer (possessive: linear time)."""
+
+_REFERENCE_BOX = "$\\boxed{"
+
+
+def reference_judge_answer(text: str) -> str | None:
+    r"""A MATH judge reply as the reference read it (reference 3.3), in linear time.
+
+    "not sure yet" anywhere: unsure (None). Otherwise the first match of its regex ``\$\\boxed\{.*\}\$``: a
+    ``$\boxed{`` and, greedily, the last ``}$`` on the same line. Its matcher then graded the last box inside that
+    span, which is the belief here (the span itself if it holds no closed box, so ``$\boxed{}$`` is the empty,
+    valid belief it was there). Anything else was "Error: <reply>", no belief: a ``\boxed{x}`` without the dollar
+    signs, or "The answer is $x$".
+    """
+    if unsure_at(text) >= 0:
+        return None
+    start = text.find(_REFERENCE_BOX)
+    while start >= 0:
+        line_end = text.find("\n", start)
+        line_end = len(text) if line_end < 0 else line_end
+        close = text.rfind("}$", start + len(_REFERENCE_BOX), line_end)
+        if close >= 0:
+            span = text[start + len(_REFERENCE_BOX) : close]
+            return last_boxed("\\boxed{" + span + "}") or span.strip()
+        start = text.find(_REFERENCE_BOX, line_end)  # no "}$" after this box on its line, nor after a later one
+    return None
 
 
 def _non_empty(row: dict[str, Any], name: str, path: Path, line: int | None) -> str:

@@ -4,7 +4,9 @@ math-verify parses with an ANTLR grammar and compares with sympy, which can run 
 pathological expression. The reference graded synchronously inside the event loop with no timeout, so one bad
 answer stalled every conversation in the process (reference 8.1.9). Here every comparison runs in a worker
 process: a call that runs past its timeout or crashes its worker counts as "not equivalent", and the whole pool
-is replaced so a stuck worker cannot hold up later calls.
+is replaced so a stuck worker cannot hold up later calls. Answers longer than ``MAX_ANSWER_CHARS`` are never sent
+to a worker: no real answer is that long, and a megabyte of model output would only tie a worker up until the
+timeout (and the pool restart after it).
 
 math-verify (and with it sympy) is imported only inside the workers, never in the importing process. Workers
 start with ``forkserver`` (``spawn`` where that is missing), so, as with any such pool, a script that grades
@@ -25,6 +27,10 @@ _START_METHOD = "forkserver" if "forkserver" in multiprocessing.get_all_start_me
 """Never plain ``fork``: the parent runs an event loop and threads, which a forked child must not inherit."""
 
 _UNESCAPED_DOLLAR = re.compile(r"(?<!\\)\$")
+
+MAX_ANSWER_CHARS = 1_000
+"""Longest answer math-verify is asked about (the bundled MATH test answers have at most 46 characters); a longer
+one equals only an identical string."""
 
 
 def _squash(answer: str) -> str:
@@ -88,6 +94,8 @@ class MathEquivalence:
 
     async def equal(self, a: str, b: str) -> bool:
         """Whether ``a`` and ``b`` are the same mathematical answer (argument order: gold first, if any)."""
+        if len(a) > MAX_ANSWER_CHARS or len(b) > MAX_ANSWER_CHARS:
+            return a == b
         if _squash(a) == _squash(b):
             return True
         loop = asyncio.get_running_loop()

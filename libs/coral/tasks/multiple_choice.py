@@ -4,6 +4,10 @@ MMLU-Pro uses it now; GPQA, CommonsenseQA and ANLI are meant to subclass ``Multi
 a loader. A belief is one uppercase letter, always checked against the example's number of choices: the
 reference kept every uppercase character of the extracted text, so "Error: extraction network error" read as
 "E" and was graded correct whenever the gold answer was E (reference 8.1.2).
+
+In compat mode the judge's reply is read as the reference read it (reference 3.3): "not sure yet" anywhere in
+the reply means unsure, even after a letter ("(C) but not sure yet"), and its first "(X)" is the belief even when
+X is past the last option (the reference's matcher then graded it wrong).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from typing import Any
 from coral.errors import DataError
 from coral.tasks.base import NOT_SURE, Example, Task, opening_lead, require
 from coral.tasks.judge_prompt import judge_messages
+from coral.tasks.parsing import reply_head, turn_tail, unsure_at
 
 LETTERS = string.ascii_uppercase
 
@@ -23,11 +28,14 @@ ANSWER_FORMAT = (
     'Give your final answer in the form "The correct answer is (B)", with the letter of your choice in place of B.'
 )
 
-# "The correct answer is (B)", "the answer is: (B)", "Answer: **(B)**", "\boxed{B}", "\boxed{(B)}". The phrase is
-# matched case-insensitively; the letter must be uppercase, so prose such as "answer is (a bit)" never matches.
+# "The correct answer is (B)", "the answer is: (b)", "Answer: **(B)**", "\boxed{B}", "\boxed{(B)}". The phrase is
+# matched case-insensitively. The letter may be lowercase only in the required form, alone in parentheses, so prose
+# such as "answer is (a bit)" or "answer is a" never matches; a box needs an uppercase letter (\boxed{c} is more
+# often a variable). Every quantifier is possessive: the separators (spaces, colon, stars) are disjoint, so no
+# match is lost, and a run of spaces is never re-split ("answer is" + 2,000 spaces took 18 s to backtrack through).
 _STATED_LETTER = re.compile(
-    r"(?i:answer\s*(?:is\s*:?|:))\s*\**\s*\(([A-Z])\)"
-    r"|\\boxed\{\s*\(?([A-Z])\)?\s*\}"
+    r"(?i:answer\s*+(?:is\s*+:?|:))\s*+\**+\s*+\(([A-Za-z])\)"
+    r"|\\boxed\{\s*+\(?([A-Z])\)?\s*+\}"
 )
 _JUDGE_LETTER = re.compile(r"\(([A-Z])\)")
 
@@ -50,21 +58,27 @@ def valid_letter(letter: str, count: int) -> bool:
 
 
 def parse_stated_letter(text: str, count: int) -> str | None:
-    """The letter of the last stated answer in ``text`` if it names one of ``count`` options, else None."""
-    matches = list(_STATED_LETTER.finditer(text))
+    """The letter of the last stated answer in an agent's turn if it names one of ``count`` options, else None."""
+    matches = list(_STATED_LETTER.finditer(turn_tail(text)))
     if not matches:
         return None
-    letter = matches[-1].group(1) or matches[-1].group(2)
+    letter = (matches[-1].group(1) or matches[-1].group(2)).upper()
     return letter if valid_letter(letter, count) else None
 
 
-def parse_judge_letter(text: str, count: int) -> str | None:
-    """The judge's first "(X)" if valid for ``count`` options, unless it said "not sure yet" before it."""
+def parse_judge_letter(text: str, count: int, compat: bool = False) -> str | None:
+    """The judge's first "(X)" if valid for ``count`` options, unless it said "not sure yet" before it.
+
+    ``compat``: the reference's reading (module docstring): unsure if "not sure yet" is anywhere, any letter A-Z.
+    """
+    text = reply_head(text)
     match = _JUDGE_LETTER.search(text)
     if match is None:
         return None
-    unsure_at = text.lower().find(NOT_SURE)
-    if 0 <= unsure_at < match.start():
+    unsure = unsure_at(text)
+    if compat:
+        return None if unsure >= 0 else match.group(1)
+    if 0 <= unsure < match.start():
         return None
     return match.group(1) if valid_letter(match.group(1), count) else None
 
@@ -110,7 +124,7 @@ class MultipleChoiceTask(Task):
         return parse_stated_letter(text, len(example.choices))
 
     def parse_judge_output(self, text: str, example: Example) -> str | None:
-        return parse_judge_letter(text, len(example.choices))
+        return parse_judge_letter(text, len(example.choices), self.compat)
 
     async def grade(self, belief: str, example: Example) -> bool:
         return belief == example.answer

@@ -21,6 +21,7 @@ from typing import ClassVar
 
 from coral.tasks.base import NOT_SURE, Example, Task
 from coral.tasks.judge_prompt import judge_messages
+from coral.tasks.parsing import reply_head, turn_tail
 
 ANSWER_FORMAT = 'Put your final answer to the question at the end as "Short Answer: {answer}"'
 EXTRACTION_INSTRUCTION = f'Extract the final answer which should be less than five words, or say "{NOT_SURE}".'
@@ -110,6 +111,7 @@ class ShortAnswerTask(Task):
 
     def parse_belief(self, text: str, example: Example) -> str | None:
         """The first line after the last "Short Answer:", normalised; None if absent, empty or unsure."""
+        text = turn_tail(text)
         markers = list(_MARKER.finditer(text))
         if not markers:
             return None
@@ -123,6 +125,7 @@ class ShortAnswerTask(Task):
         Compat mode keeps the reference's quirks: a reply starting with a newline is the empty belief, which the
         reference counted as a valid answer.
         """
+        text = reply_head(text)
         if self.compat:
             return None if NOT_SURE in text.lower() else reference_normalize(text, self.reference_underscores)
         lines = text.strip().splitlines()
