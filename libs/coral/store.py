@@ -91,9 +91,10 @@ class ResultStore:
         self.path = rank_file(self.root, rank)
         self._truncate_torn_tail()
         records = read_records(self.root)
-        redo = [record for record in records if retry_errors and record.stop_reason == "error"]
-        self._retry_of = {record.key: error_retries(record) + 1 for record in redo}
+        errored = {record.key: error_retries(record) for record in records if record.stop_reason == "error"}
+        self._retry_of = {key: retries + 1 for key, retries in errored.items()} if retry_errors else {}
         self.done: set[tuple[str, int]] = {record.key for record in records} - self._retry_of.keys()
+        self.errored = set(errored) - self._retry_of.keys()  # done, but ended in an error
 
     def _truncate_torn_tail(self) -> None:
         """Cut a partial last line left by a kill, so the next append starts on a fresh line."""

@@ -223,7 +223,9 @@ class InteractionModule(LightningModule):
         work = runner.pending(shard, self.hparams.sampling_n)
         done = len(shard) * self.hparams.sampling_n - len(work)
         if not work:
-            print(f"nothing to run: all {done} conversations are already stored in {self.results_dir}", flush=True)
+            errored = len(store.errored & {(ex.id, s) for ex in shard for s in range(self.hparams.sampling_n)})
+            redo = f" ({errored} ended in an error; --model.retry_errors true redoes them)" if errored else ""
+            print(f"nothing to run: all {done} conversations are already stored in {self.results_dir}{redo}")
             return
         progress = tqdm(total=len(work) + done, initial=done, desc="conversations", disable=self.global_rank != 0)
         try:

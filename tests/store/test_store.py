@@ -89,9 +89,10 @@ def test_a_failed_append_leaves_the_file_at_its_last_complete_record(tmp_path):
 
 def test_errored_keys_are_redone_only_when_asked_and_replaced_by_appending(tmp_path):
     ResultStore(tmp_path, rank=1).append_many([record("a"), record("b", stop="error"), record("c", stop="error")])
-    assert ResultStore(tmp_path).done == {("a", 0), ("b", 0), ("c", 0)}
+    store = ResultStore(tmp_path)
+    assert store.done == {("a", 0), ("b", 0), ("c", 0)} and store.errored == {("b", 0), ("c", 0)}
     retry = ResultStore(tmp_path, retry_errors=True)  # rank 0: its file is read before rank 1's
-    assert retry.done == {("a", 0)}
+    assert retry.done == {("a", 0)} and retry.errored == set()
     assert retry.append(record("b")) is True and retry.append(record("b")) is False
     # killed before c was redone: c keeps its errored record, b has only its new one
     stops = {r.example_id: (r.stop_reason, r.metadata.get("error_retry")) for r in read_records(tmp_path)}
