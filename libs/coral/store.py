@@ -51,6 +51,7 @@ RETRY_KEY = "error_retry"
 
 
 def error_retries(record: ConversationRecord) -> int:
+    """How many errored records of its key this record replaces (0: the key's first record)."""
     return int(record.metadata.get(RETRY_KEY, 0))
 
 
