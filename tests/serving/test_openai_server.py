@@ -196,12 +196,16 @@ def raw_request(server: LocalServer, head: bytes, body: bytes = b"") -> socket.s
 def test_request_bodies_over_the_limit_are_413s_before_they_are_read():
     backend = ScriptedBackend(script)
     with LocalServer(build_openai_app(backend, ["m"], max_body_bytes=1000)) as running:
-        # Content-Length alone decides: the 100 MB body is never sent, and the answer comes anyway.
-        with raw_request(running, b"Content-Length: 100000000\r\n") as connection:
+        # Content-Length decides: a client that waits for "100 Continue" (curl) gets the 413 without sending the body.
+        with raw_request(running, b"Content-Length: 100000000\r\nExpect: 100-continue\r\n") as connection:
             head, _, body = connection.recv(65536).partition(b"\r\n\r\n")
         assert head.startswith(b"HTTP/1.1 413") and json.loads(body)["error"]["code"] == "request_too_large"
+        # A client that sends the body anyway sees the 413 too, not a connection reset it would retry.
+        big = {"model": "m", "messages": [{"role": "user", "content": "x" * 3000}]}
+        status, _, text = http(chat_url(running), big, token=None)
+        assert status == 413 and "larger than 1000 bytes" in json.loads(text)["error"]["message"]
         # A chunked body has no declared length: it is cut off once it passes the limit.
-        chunk = json.dumps({"model": "m", "messages": [{"role": "user", "content": "x" * 3000}]}).encode()
+        chunk = json.dumps(big).encode()
         with raw_request(running, b"Transfer-Encoding: chunked\r\n", b"%x\r\n%s\r\n0\r\n\r\n" % (len(chunk), chunk)) as connection:
             head, _, body = connection.recv(65536).partition(b"\r\n\r\n")
         assert head.startswith(b"HTTP/1.1 413") and "larger than 1000 bytes" in json.loads(body)["error"]["message"]

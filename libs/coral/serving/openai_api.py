@@ -238,9 +238,11 @@ def _add_error_handlers(app: FastAPI) -> None:
 
 
 class _BodyLimit:
-    """Answers 413 to a request body over ``limit`` bytes before it is parsed: at once when Content-Length says
-    so, else as soon as the bytes received pass the limit (chunked uploads). Recent FastAPI has ``max_body_size``;
-    Ray Serve pins no FastAPI version, so this does not rely on it."""
+    """Answers 413 to a request body over ``limit`` bytes without keeping any of it: at once when Content-Length
+    says so, else as soon as the bytes received pass the limit (chunked uploads). The rest of the body is read and
+    dropped before answering, so the client sees the 413 rather than a connection reset (which it would retry),
+    unless it asked ``Expect: 100-continue`` (curl does for large bodies): then it never sends the body at all.
+    Recent FastAPI has ``max_body_size``; Ray Serve pins no FastAPI version, so this does not rely on it."""
 
     def __init__(self, app: ASGIApp, limit: int) -> None:
         self.app, self.limit = app, limit
@@ -249,8 +251,11 @@ class _BodyLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        declared = dict(scope["headers"]).get(b"content-length", b"")
+        headers = dict(scope["headers"])
+        declared = headers.get(b"content-length", b"")
         if declared.isdigit() and int(declared) > self.limit:
+            if headers.get(b"expect", b"").lower() != b"100-continue":
+                await _drop_body(receive)
             await self._too_large().response()(scope, receive, send)
             return
         received = 0
@@ -260,6 +265,8 @@ class _BodyLimit:
             message = await receive()
             received += len(message.get("body", b""))
             if received > self.limit:  # reaches the app's HTTPException handler, as an OpenAI-shaped 413
+                if message.get("more_body"):
+                    await _drop_body(receive)
                 raise HTTPException(413, self._too_large().message)
             return message
 
@@ -267,6 +274,14 @@ class _BodyLimit:
 
     def _too_large(self) -> APIError:
         return APIError(413, f"request body larger than {self.limit} bytes", "invalid_request_error", "request_too_large")
+
+
+async def _drop_body(receive: Receive) -> None:
+    """Read the rest of a request body, keeping none of it (the server hands it over in small pieces)."""
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect" or not message.get("more_body"):
+            return
 
 
 class _ClientGone(Exception):
