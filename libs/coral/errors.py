@@ -25,6 +25,17 @@ class ConfigError(ValueError):
         self.option = option
 
 
+class UnknownName(ConfigError, KeyError):
+    """A configuration names a component (task, protocol, instruction style) that is not registered; the message
+    lists the closest known names. Still a KeyError, as a failed lookup by name."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        Exception.__init__(self, message)  # the message is whole already: no "option: " prefix
+        self.option = kind
+
+    __str__ = BaseException.__str__  # KeyError would quote the message
+
+
 def user_error(exc: BaseException) -> DataError | ConfigError | None:
     """The DataError or ConfigError behind ``exc`` (itself, or what it was raised from), if any.
 

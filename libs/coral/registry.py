@@ -5,6 +5,8 @@ from __future__ import annotations
 import difflib
 from typing import Generic, TypeVar
 
+from coral.errors import UnknownName
+
 T = TypeVar("T")
 
 
@@ -31,7 +33,7 @@ class Registry(Generic[T]):
             close = difflib.get_close_matches(name, self._entries, n=3, cutoff=0.5)
             hint = f"; did you mean {', '.join(close)}?" if close else ""
             known = ", ".join(sorted(self._entries))
-            raise KeyError(f"unknown {self.kind} {name!r}{hint} (known: {known})") from None
+            raise UnknownName(self.kind, f"unknown {self.kind} {name!r}{hint} (known: {known})") from None
 
     def names(self) -> list[str]:
         return sorted(self._entries)

@@ -73,6 +73,17 @@ def test_a_bad_count_names_that_one_option(tmp_path, capsys):
     assert error_line(capsys) == "error: model.max_turns: must be >= 1, got -2"
 
 
+@pytest.mark.parametrize(("override", "expected"), [
+    (["--data.task", "maths"], "error: unknown task 'maths'; did you mean math?"),
+    (["--model.protocol", "koral"], "error: unknown protocol 'koral'; did you mean coral?"),
+    (["--data.val_set_init_args.student_instruction", "simple_cott"],
+     "error: unknown instruction style 'simple_cott'; did you mean simple_cot?"),
+])  # fmt: skip
+def test_an_unknown_name_is_one_line_with_the_closest(tmp_path, capsys, override, expected):
+    assert run(tmp_path, *override) == 2
+    assert error_line(capsys).startswith(expected)
+
+
 @pytest.mark.parametrize(("typo", "meant"), [
     ("--model.max_turnz", "--model.max_turns"),
     ("--model.extractor.mode_", "--model.extractor.mode"),

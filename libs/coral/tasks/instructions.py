@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import difflib
 
+from coral.errors import UnknownName
+
 _TEMPLATES: dict[str, str] = {
     "assistant_sbs_short": (
         "You are working with a user on {topic} problems. Start by giving a complete solution. "
@@ -58,5 +60,6 @@ def render(style: str, topic: str, answer_format: str) -> str:
     except KeyError:
         close = difflib.get_close_matches(style, STYLES, n=3, cutoff=0.5)
         hint = f"; did you mean {', '.join(close)}?" if close else ""
-        raise KeyError(f"unknown instruction style {style!r}{hint} (known: {', '.join(STYLES)})") from None
+        known = ", ".join(STYLES)
+        raise UnknownName("instruction style", f"unknown instruction style {style!r}{hint} (known: {known})") from None
     return template.format(topic=topic, answer_format=answer_format)
