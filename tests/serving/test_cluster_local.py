@@ -82,6 +82,11 @@ def test_local_cluster_serves_checks_and_stops(cluster, capsys):
     nodes = alive_nodes(head)
     assert sorted(node["resources_total"].get("CPU", 0) for node in nodes) == [0, 1]
 
+    # the ray CLI reaches it with the environment start_cluster prints (on loopback, not by default)
+    shown = subprocess.run(f"{head.ray_cli_env} {sys.executable} -m ray.scripts.scripts status --address {head.address}",
+                           shell=True, capture_output=True, text=True, timeout=120)
+    assert shown.returncode == 0 and "Node status" in shown.stdout, shown.stderr[-2000:]
+
     # a second start finds the running head and adds nothing
     assert start_cluster(cluster_id=CLUSTER, coral_dir=coral_dir) == head
     assert len(state.read_jobs()) == 2

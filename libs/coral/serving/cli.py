@@ -181,8 +181,7 @@ def _start_cluster(args: argparse.Namespace) -> int:
                          coral_dir=args.coral_dir, force_new_head=args.force_new_head, timeout_s=args.timeout_s)
     print(f"cluster up ({head.launcher}): ray address {head.address}, dashboard {head.dashboard_url}, "
           f"serve http :{head.http_port}, grpc :{head.grpc_port}")
-    print(f"ray CLI on this cluster: RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH={head.token_file} "
-          f"ray status --address {head.address}")
+    print(f"ray CLI on this cluster: {head.ray_cli_env} ray status --address {head.address}")
     return 0
 
 

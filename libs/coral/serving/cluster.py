@@ -42,6 +42,7 @@ import psutil
 HEAD_FILE, JOBS_FILE, DEPLOYMENT_FILE = "head.json", "jobs.json", "deployment.yaml"
 NODE_LABEL = "coral_node"
 """Ray node label naming each worker, so a start waits for exactly the nodes it launched."""
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 class ClusterError(RuntimeError):
@@ -87,6 +88,13 @@ class HeadInfo:
     def address(self) -> str:
         """What ``ray start --address`` and ``ray.init(address=...)`` take."""
         return f"{self.host}:{self.gcs_port}"
+
+    @property
+    def ray_cli_env(self) -> str:
+        """What the ``ray`` CLI needs in its environment to reach this cluster: the token, and on loopback the
+        switch that stops it swapping 127.0.0.1 for the machine's address (see ``_LOOPBACK_RAY``)."""
+        env = f"RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH={self.token_file}"
+        return f"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 {env}" if self.host in LOOPBACK else env
 
     @property
     def dashboard_url(self) -> str:
@@ -238,8 +246,6 @@ def _ray_executable() -> str:
         raise ClusterError("the `ray` command is missing: pip install 'ray[serve]'")
     return found
 
-
-LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 _LOOPBACK_RAY = """
 import os, sys
