@@ -59,7 +59,7 @@ class EngineConfig:
 
     max_sequences: int = 32
     max_step_tokens: int = 4096
-    prefill_chunk: int = 512
+    prefill_chunk: int = 256
     prefix_cache_mb: int = 2048
     threads: int | None = None
     dtype: str = "float32"
@@ -343,8 +343,9 @@ class EmbeddedEngine:
             logits = self._forward([(seq.kv, seq.feed[: counts[id(seq)]]) for seq in batch])
         except Exception as exc:  # noqa: BLE001 - fail this batch, keep serving
             log.exception("engine step failed")
-            self._fail_all(running, BackendError(f"engine step failed: {exc}"))
-            return []
+            self._fail_all(batch, BackendError(f"engine step failed: {exc}"))
+            failed = {id(seq.request) for seq in batch}
+            return [seq for seq in running if id(seq.request) not in failed]
         rows = {id(seq): row for seq, row in zip(batch, logits)}
         still = []
         for seq in running:
