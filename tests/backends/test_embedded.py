@@ -6,9 +6,7 @@ import asyncio
 
 import pytest
 import torch
-
-from coral.backends import BackendError, EmbeddedBackend, EngineConfig
-from coral.backends import packed
+from coral.backends import BackendError, EmbeddedBackend, EngineConfig, packed
 from coral.backends.base import InvalidRequestError
 from coral.sampling import SamplingParams
 

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import grpc
 import pytest
-
 from coral.backends import BackendError, ScriptedBackend
 from coral.backends.base import BACKENDS, Delta, InvalidRequestError
 from coral.backends.grpc_client import GrpcBackend
