@@ -258,7 +258,7 @@ class EmbeddedEngine:
             else:
                 self._waiting.append(item)
             block = False
-        admitted = []
+        admitted: list[_Request] = []
         while self._waiting:
             request = self._waiting[0]
             if running + request.n > self.config.max_sequences and (running or admitted):
@@ -324,7 +324,7 @@ class EmbeddedEngine:
         """
         budget = self.config.max_step_tokens
         chunk = min(self.config.prefill_chunk, budget)
-        counts = {}
+        counts: dict[int, int] = {}
         for seq in running:
             if seq.generated:
                 counts[id(seq)] = 1
