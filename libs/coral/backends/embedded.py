@@ -219,8 +219,7 @@ class EmbeddedEngine:
             except _Stop:
                 self._fail_all(running, BackendError("engine stopped", retryable=False))
                 return
-            newcomers = [self._start(request) for request in incoming]
-            newcomers = [seq for seq in newcomers if seq is not None]
+            newcomers = [seq for seq in map(self._start, incoming) if seq is not None]
             running = [s for s in running if not s.request.future.cancelled()] + newcomers
             if running:
                 running = self._step(running)
