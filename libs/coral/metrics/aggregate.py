@@ -104,7 +104,15 @@ def _natural_key(name: str) -> tuple[str, int]:
     return (match.group(1), int(match.group(2))) if match else (name, -1)
 
 
-def _format(value: float | None) -> str:
+def metric_order(names: Iterable[str]) -> list[str]:
+    """The order metrics are shown in: HEADLINE first, then the rest sorted by name (``_2`` before ``_10``)."""
+    names = list(names)
+    rest = sorted((name for name in names if name not in HEADLINE), key=_natural_key)
+    return [name for name in HEADLINE if name in names] + rest
+
+
+def format_metric(value: float | None) -> str:
+    """A metric value as the summary table and the report print it: integers whole, the rest to 4 decimals."""
     if value is None:
         return "-"
     if isinstance(value, int) and not isinstance(value, bool):
@@ -122,10 +130,9 @@ def summary_table(metrics: Mapping[str, float | None], conversation: bool = True
     """
     if not conversation:
         metrics = {name: value for name, value in metrics.items() if not CONVERSATION_ONLY.fullmatch(name)}
-    rest = sorted((name for name in metrics if name not in HEADLINE), key=_natural_key)
-    names = [name for name in HEADLINE if name in metrics] + rest
+    names = metric_order(metrics)
     width = max([len("metric"), *map(len, names)])
-    values = {name: _format(metrics[name]) for name in names}
+    values = {name: format_metric(metrics[name]) for name in names}
     value_width = max([len("value"), *map(len, values.values())])
     lines = [f"{'metric':<{width}}  {'value':>{value_width}}", f"{'-' * width}  {'-' * value_width}"]
     lines += [f"{name:<{width}}  {values[name]:>{value_width}}" for name in names]
