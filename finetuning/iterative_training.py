@@ -287,22 +287,13 @@ def _fmt(value: Any) -> str:
 
 
 def _plot(rows: list[dict[str, Any]], path: Path) -> None:
-    import matplotlib
+    """The headline metrics by round, drawn by the report's plotting code (rounds without a value are left out)."""
+    from coral.report.plots import line_chart, save_png
 
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    rounds = [row["round"] for row in rows]
-    for name in SUMMARY_METRICS[:3]:
-        ax.plot(rounds, [row.get(name) or 0.0 for row in rows], marker="o", label=name)
-    ax.set_xlabel("round (0 = starting model)")
-    ax.set_xticks(rounds)
-    ax.set_ylim(0, 1)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    series = {
+        name: {row["round"]: row[name] for row in rows if row.get(name) is not None} for name in SUMMARY_METRICS[:3]
+    }
+    save_png(line_chart(series, title="Evaluation by round", xlabel="round (0 = starting model)"), path)
 
 
 def parse(args: list[str] | None = None) -> IterativeConfig:

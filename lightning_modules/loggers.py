@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
-from lightning.pytorch.loggers import CSVLogger, WandbLogger
+from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
 
 
 class CoralCSVLogger(CSVLogger):
@@ -40,3 +42,11 @@ class CoralWandbLogger(WandbLogger):
         kwargs.setdefault("offline", wandb_offline())
         kwargs.setdefault("name", os.environ.get("EXP_NAME"))
         super().__init__(**kwargs)
+
+
+def log_figures(loggers: Iterable[Logger], figures: Mapping[str, Path]) -> None:
+    """Log the report's figures (name -> PNG file) to every W&B logger, as ``report/<name>``; others take no images."""
+    for logger in loggers:
+        if isinstance(logger, WandbLogger):
+            for name, path in figures.items():
+                logger.log_image(key=f"report/{name}", images=[str(path)])

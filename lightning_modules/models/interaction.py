@@ -34,9 +34,12 @@ from coral.conversation import PROTOCOLS, Agent, ConversationRunner, Protocol, R
 from coral.conversation.tree import strategy
 from coral.errors import ConfigError
 from coral.metrics import summary_table, write_metrics
+from coral.report import write_report
 from coral.sampling import SamplingParams
 from coral.store import ResultStore, read_records
 from coral.tasks import Example, stable_id
+
+from lightning_modules.loggers import log_figures
 
 log = logging.getLogger(__name__)
 
@@ -254,6 +257,9 @@ class InteractionModule(LightningModule):
             metrics = write_metrics(self.results_dir, compat=self.hparams.compat_metrics)
             table = summary_table(metrics, conversation=self.hparams.max_turns > 1)
             print(f"\ncoral results in {self.results_dir}\n{table}\n", flush=True)
+            report = write_report([self.results_dir])  # report.html + figures/, from the store like metrics.json
+            log_figures(self.loggers, report.figures)
+            print(f"report: {report.html}", flush=True)
         if self.trainer.received_sigterm:
             print(
                 f"stopped by SIGTERM: {self.unfinished} conversations were not run (rank {self.global_rank}); the "
