@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from coral.serving.cluster.options import SlurmJobOptions
 from coral.store import read_records
 from coral.synthesis.formats import KINDS, dataset_is_complete
 from coral.synthesis.preferences import PairSettings
@@ -73,11 +74,15 @@ class DataSettings:
 
 @dataclass
 class Launcher:
-    """Where steps run: ``local`` (this process) or ``slurm`` (submitit; ``slurm`` holds its options, such as
-    account, qos, partition, gpus_per_node, cpus_per_task, mem_gb, timeout_min)."""
+    """Where steps run.
+
+    Args:
+        kind: ``local`` (this process) or ``slurm`` (each step a submitit job).
+        slurm: the jobs' resources (partition, account, qos, gpus_per_node, cpus_per_task, mem_gb, timeout_min, ...).
+    """
 
     kind: str = "local"
-    slurm: dict[str, Any] = field(default_factory=dict)
+    slurm: SlurmJobOptions = field(default_factory=SlurmJobOptions)
 
     def __post_init__(self) -> None:
         if self.kind not in ("local", "slurm"):
@@ -90,7 +95,7 @@ class Launcher:
         import submitit
 
         executor = submitit.AutoExecutor(folder=folder / "slurm", cluster="slurm")
-        executor.update_parameters(name=name, **self.slurm)
+        executor.update_parameters(name=name, **self.slurm.submitit_parameters())
         job = executor.submit(fn, *args)
         log.info("%s: Slurm job %s (logs in %s)", name, job.job_id, folder / "slurm")
         job.result()  # raises with the job's traceback when it fails: no silent endless polling

@@ -140,3 +140,30 @@ def test_a_round_without_training_data_stops_with_what_the_samples_held(tmp_path
     with pytest.raises(it.StepFailed, match=r"round 1: the samples gave no dpo training data .*'no_belief': 91"):
         it.IterativeTraining(config(tmp_path)).run()
     assert [c[0] for c in fake.calls] == ["eval", "sample"]
+
+
+def test_slurm_launcher_options_are_typed_and_reach_submitit(tmp_path, monkeypatch):
+    import submitit
+
+    seen = {}
+
+    class FakeExecutor:
+        def __init__(self, folder, cluster):
+            seen["cluster"] = cluster
+
+        def update_parameters(self, **params):
+            seen["params"] = params
+
+        def submit(self, fn, *args):
+            fn(*args)
+            return type("Job", (), {"job_id": "1", "result": lambda self: None})()
+
+    monkeypatch.setattr(submitit, "AutoExecutor", FakeExecutor)
+    cfg = config(tmp_path, "--launcher.kind", "slurm", "--launcher.slurm",
+                 "{partition: gpu, gpus_per_node: 1, cpus_per_task: 8, timeout_min: 240}")
+    ran = []
+    cfg.launcher.run("step", tmp_path, ran.append, "done")
+    assert ran == ["done"] and seen == {"cluster": "slurm", "params": {
+        "name": "step", "slurm_partition": "gpu", "gpus_per_node": 1, "cpus_per_task": 8, "timeout_min": 240}}
+    with pytest.raises(ValueError, match="gpus_per_node: must be an integer >= 0, got -1"):
+        config(tmp_path, "--launcher.slurm.gpus_per_node", "-1")

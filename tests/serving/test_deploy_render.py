@@ -8,14 +8,16 @@ from pathlib import Path
 import pytest
 import ray
 import yaml
+from coral.errors import ConfigError
 from coral.serving import cli
 from coral.serving.cluster import (
     ClusterError,
     ClusterState,
     HeadInfo,
-    _slurm_minutes,
+    SlurmClusterOptions,
     slurm_parameters,
 )
+from coral.serving.cluster.slurm_launcher import _slurm_minutes
 from coral.serving.deploy import (
     EMBEDDED_IMPORT_PATH,
     GRPC_SERVICER,
@@ -234,15 +236,43 @@ def test_cluster_state_folder_resolution(tmp_path, monkeypatch):
 
 
 def test_slurm_options_become_submitit_parameters():
-    params = slurm_parameters({"account": "acc", "qos": "high", "partition": "gpu", "gpus_per_node": 8,
-                               "cpus_per_task": 16, "mem_gb": 200, "timeout_min": 60, "slurm_constraint": "h100",
-                               "exclude": "node1", "head_cpus_per_task": 4, "use_array": False})
+    params = slurm_parameters(SlurmClusterOptions.from_dict({
+        "account": "acc", "qos": "high", "partition": "gpu", "gpus_per_node": 8, "cpus_per_task": 16, "mem_gb": 200,
+        "timeout_min": 60, "slurm_constraint": "h100", "exclude": "node1", "head_cpus_per_task": 4,
+        "use_array": False}))
     assert params == {"slurm_account": "acc", "slurm_qos": "high", "slurm_partition": "gpu", "gpus_per_node": 8,
                       "cpus_per_task": 16, "mem_gb": 200, "timeout_min": 60, "slurm_constraint": "h100",
                       "slurm_exclude": "node1"}
     assert [_slurm_minutes(t) for t in ("infinite", "30", "2:00:00", "1-00:00:00", "45:10")] == [
         None, 30, 120, 1440, 45]
 
+
+
+def test_slurm_options_are_typed_bounded_and_name_an_unknown_key():
+    options = SlurmClusterOptions.from_dict({"slurm_partition": "gpu", "gpus_per_node": 8, "gres": "gpu:8",
+                                             "mem": "1G", "mem_gb": 200, "timeout_min": 5, "head_mem_gb": 16})
+    assert (options.partition, options.gpus_per_node, options.extra) == ("gpu", 8, {"gres": "gpu:8", "mem": "1G"})
+    assert (options.head_cpus_per_task, options.use_array, options.proxy_location) == (2, True, "EveryNode")
+    # beside workers the head does no model work: no GPUs, its own CPUs and memory
+    assert options.head_job().submitit_parameters() == {"slurm_partition": "gpu", "cpus_per_task": 2, "mem_gb": 16,
+                                                        "timeout_min": 5, "slurm_mem": "1G"}
+    for bad, message in [({"partiton": "gpu"}, "slurm.partiton: unknown option (did you mean 'partition'?)"),
+                         ({"extra": {"mail_usr": "me"}}, "slurm.extra.mail_usr: unknown option (did you mean "
+                                                         "'mail_user'?)"),
+                         ({"gpus_per_node": -1}, "slurm.gpus_per_node: must be an integer >= 0, got -1"),
+                         ({"cpus_per_task": "8"}, "slurm.cpus_per_task: must be an integer >= 1, got '8'"),
+                         ({"mem_gb": 0}, "slurm.mem_gb: must be a number > 0, got 0"),
+                         ({"proxy_location": "Everywhere"}, "slurm.proxy_location: must be one of")]:
+        with pytest.raises(ConfigError) as err:
+            SlurmClusterOptions.from_dict(bad)
+        assert str(err.value).startswith(message)
+
+
+def test_cli_names_an_unknown_slurm_option_before_starting_anything(tmp_path, capsys):
+    assert cli.main(["start_cluster", "--coral_dir", str(tmp_path), "--slurm", "{partiton: gpu}"]) == 1
+    assert ("coral-serve start_cluster: error: slurm.partiton: unknown option (did you mean 'partition'?)"
+            in capsys.readouterr().err)
+    assert list(tmp_path.iterdir()) == []  # no state folder, no token, no job
 
 def test_cli_flags_map_to_launchers():
     parse = cli.build_parser().parse_args

@@ -18,6 +18,8 @@ import yaml
 from coral.serving.cluster import (
     ClusterError,
     ClusterState,
+    LocalOptions,
+    SlurmClusterOptions,
     start_cluster,
     stop_cluster,
 )
@@ -67,6 +69,11 @@ def _mapping(flag: str) -> Callable[[str], dict[str, Any]]:
     return parse
 
 
+def _names(options: type) -> str:
+    """The fields of a launcher's options, for its flag's help (``extra`` is where other names go)."""
+    return ", ".join(f.name for f in dataclasses.fields(options) if f.name != "extra")
+
+
 def _common() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     group = common.add_argument_group("cluster")
@@ -89,12 +96,10 @@ def build_parser() -> argparse.ArgumentParser:
     start = verb("start_cluster", "start a Ray cluster's head (unless one is running) and add worker nodes")
     where = start.add_mutually_exclusive_group()
     where.add_argument("--local", nargs="?", const={}, type=_mapping("--local"), metavar="'{...}'",
-                       help="run on this machine; options: cpus_per_worker, gpus_per_worker, head_cpus, host, "
-                            "http_host, proxy_location")
+                       help=f"run on this machine; options: {_names(LocalOptions)}")
     where.add_argument("--slurm", type=_mapping("--slurm"), metavar="'{...}'",
-                       help="run each node as a Slurm job; submitit options: account, qos, partition, "
-                            "gpus_per_node, cpus_per_task, mem_gb, timeout_min, any slurm_* (e.g. slurm_constraint); "
-                            "plus head_cpus_per_task, use_array, proxy_location")
+                       help=f"run each node as a Slurm job; options: {_names(SlurmClusterOptions)}, or any other "
+                            "submitit Slurm parameter (mem, time, gres, mail_user, ...; also as slurm_*)")
     start.add_argument("--add_workers", type=int, default=0, help="worker nodes to add (default 0)")
     start.add_argument("--cpus_per_worker", type=int, help="CPUs per worker (Slurm: cpus_per_task)")
     start.add_argument("--gpus", type=int, help="GPUs per worker (Slurm: gpus_per_node)")
