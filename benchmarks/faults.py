@@ -46,7 +46,7 @@ from coral.backends.http import SESSION_HEADER, OpenAIHTTPBackend
 from coral.backends.retry import RetryPolicy
 from coral.backends.scripted import ScriptedBackend
 from coral.beliefs import BeliefExtractor
-from coral.conversation import PROTOCOLS, Agent, ConversationRunner
+from coral.conversation import PROTOCOLS, Agent, ConversationRunner, RunSettings
 from coral.records import ConversationRecord
 from coral.sampling import SamplingParams
 from coral.serving.grpc_server import (
@@ -359,8 +359,9 @@ class Evaluation:
                   for name in ("teacher", "student")}
         runner = ConversationRunner(
             protocol=PROTOCOLS.get("coral")(), task=task, agents=agents, extractor=BeliefExtractor("rules"),
-            store=ResultStore(root), run_seed=self.run_seed, config_hash="faults", max_turns=self.max_turns,
-            concurrency=self.concurrency, retry=retry,
+            store=ResultStore(root),
+            settings=RunSettings(run_seed=self.run_seed, config_hash="faults", max_turns=self.max_turns,
+                                 concurrency=self.concurrency, retry=retry),
         )
         try:
             return await runner.run(runner.pending(self._examples(), self.samples))

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from coral.backends.base import ChatBackend, Completion, Message
 from coral.beliefs import BeliefExtractor
-from coral.conversation import Agent, ConversationRunner, CoralProtocol
+from coral.conversation import Agent, ConversationRunner, CoralProtocol, RunSettings
 from coral.records import ConversationRecord
 from coral.sampling import SamplingParams
 from coral.store import ResultStore, read_records
@@ -151,10 +151,9 @@ def conversation_runner(
         agents=agents,
         extractor=BeliefExtractor(spec.extraction, backend if spec.extraction != "rules" else None, model),
         store=ResultStore(folder),
-        run_seed=seed,
-        config_hash="benchmark",
-        max_turns=spec.turns,
-        concurrency=spec.concurrency,
+        settings=RunSettings(
+            run_seed=seed, config_hash="benchmark", max_turns=spec.turns, concurrency=spec.concurrency
+        ),
     )
     return runner, questions(task, spec.data, spec.conversations)
 

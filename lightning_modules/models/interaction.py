@@ -4,7 +4,7 @@ Lightning is the config, CLI, logging and multi-process launcher here; no tensor
 its share of the (example, sample) keys not yet in the results store, appends records as conversations end,
 and at the end rank 0 computes ``metrics.json`` from the store (never from memory) and prints a summary table.
 On SIGTERM (how Slurm pre-empts a job) no new conversation starts, those in flight get a short grace period
-(``ConversationRunner.stop_grace_s``) and are otherwise abandoned to the next run, the metrics of what is stored
+(``RunSettings.stop_grace_s``) and are otherwise abandoned to the next run, the metrics of what is stored
 are written as usual, and ``trainer.py`` then exits with status 143.
 """
 
@@ -25,12 +25,12 @@ from types import FrameType
 from typing import Literal
 
 from lightning.pytorch import LightningModule
+from tqdm import tqdm
 
 from coral.backends import ChatBackend, EmbeddedBackend, EngineConfig
 from coral.backends.models import DEFAULT_MODEL
 from coral.beliefs import BeliefExtractor
-from coral.conversation import PROTOCOLS, Agent, ConversationRunner, Protocol, RetryPolicy
-from coral.conversation.progress import Progress, ProgressReporter
+from coral.conversation import PROTOCOLS, Agent, AgentSpec, ConversationRunner, Protocol, RetryPolicy, RunSettings
 from coral.conversation.tree import strategy
 from coral.errors import ConfigError
 from coral.metrics import summary_table, write_metrics
@@ -95,8 +95,6 @@ class InteractionModule(LightningModule):
         compat_metrics: compute metrics with the reference's definitions instead of the corrected ones.
         retry_errors: also redo the conversations of the results folder that ended in an error; each new record
             replaces the errored one (the default resumes only keys with no record at all).
-        progress_every_s: seconds between progress lines when stderr is not a terminal (a Slurm job's log) and
-            between those logged by ``coral.conversation.progress``; a terminal shows one line redrawn in place.
     """
 
     def __init__(
@@ -122,7 +120,6 @@ class InteractionModule(LightningModule):
         retry: RetryPolicy = RetryPolicy(),
         compat_metrics: bool = False,
         retry_errors: bool = False,
-        progress_every_s: float = 30.0,
     ) -> None:
         super().__init__()
         counts = {"max_turns": max_turns, "sampling_n": sampling_n, "beam_size": beam_size,
@@ -140,29 +137,34 @@ class InteractionModule(LightningModule):
         PROTOCOLS.get(protocol)  # an unknown protocol fails at parse time, not after loading models
 
     # ------------------------------------------------------------------ building blocks
-    def _backend(self, model: str, app_name: str | None) -> tuple[ChatBackend, str]:
+    def _backend(self, model: str, endpoint: str | None) -> tuple[ChatBackend, str]:
         """The backend serving ``model`` and the model name to ask it for.
 
-        No app name: the embedded engine in this process. Otherwise an application deployed with
+        No endpoint: the embedded engine in this process. Otherwise an application deployed with
         ``coral-serve`` (found in ``$CORAL_DIR/$CORAL_CLUSTER_ID``), an ``http(s)://.../v1`` URL or a
         ``grpc://host:port[/app]`` address; an application's served model name replaces ``model``.
         """
-        if app_name is None:
+        if endpoint is None:
             return EmbeddedBackend(model, self.engine_config, self.hparams.request_timeout), model
-        if app_name not in self._served:
+        if endpoint not in self._served:
             from coral.serving.endpoints import backend_for
 
-            backend = backend_for(app_name, timeout_s=self.hparams.request_timeout, retry=self.retry)
-            self._served[app_name] = (backend, backend.model or model)  # the app's served name, if it has one
-        return self._served[app_name]
+            backend = backend_for(endpoint, timeout_s=self.hparams.request_timeout, retry=self.retry)
+            self._served[endpoint] = (backend, backend.model or model)  # the app's served name, if it has one
+        return self._served[endpoint]
+
+    def agent_specs(self) -> dict[str, AgentSpec]:
+        """The reference's ``teacher_*`` / ``student_*`` options as the library's agents: name -> model, endpoint."""
+        hp = self.hparams
+        return {"teacher": AgentSpec(hp.teacher_model, hp.teacher_app_name),
+                "student": AgentSpec(hp.student_model, hp.student_app_name)}  # fmt: skip
 
     def _agents(self, instructions: dict[str, str]) -> dict[str, Agent]:
         hp = self.hparams
         sampling = SamplingParams(hp.sampling_temp, hp.top_p, hp.max_turn_tokens or 1024)
-        spec = {"teacher": (hp.teacher_model, hp.teacher_app_name), "student": (hp.student_model, hp.student_app_name)}
         agents = {}
-        for name, (model, app) in spec.items():
-            backend, served = self._backend(model, app)
+        for name, spec in self.agent_specs().items():
+            backend, served = self._backend(spec.model, spec.endpoint)
             agents[name] = Agent(name, backend, served, instructions[name], sampling)
         return agents
 
@@ -188,11 +190,24 @@ class InteractionModule(LightningModule):
         """The seed ``seed_everything`` set (LightningCLI's ``seed_everything``); every request seed derives from it."""
         return int(os.environ.get("PL_GLOBAL_SEED", 0))
 
+    def run_settings(self, config_hash: str) -> RunSettings:
+        """The options that shape how conversations run, under the library's names; built once per run."""
+        hp = self.hparams
+        return RunSettings(
+            run_seed=self.run_seed,
+            config_hash=config_hash,
+            max_turns=hp.max_turns,
+            concurrency=hp.max_n_processes,
+            retry=self.retry,
+            beam_size=hp.beam_size,
+            expansion=hp.expansion_strategy,
+            single_request_expansion=hp.single_request_expansion,
+        )
+
     def config_hash(self) -> str:
         """Identifies what shapes the records; concurrency, timeouts and engine limits do not."""
         hp = dict(self.hparams)
-        for key in ("max_n_processes", "request_timeout", "engine", "retry", "compat_metrics", "retry_errors",
-                    "progress_every_s"):
+        for key in ("max_n_processes", "request_timeout", "engine", "retry", "compat_metrics", "retry_errors"):
             hp.pop(key, None)
         for key, default in _ADDED_LATER.items():
             if hp.get(key) == default:
@@ -217,14 +232,7 @@ class InteractionModule(LightningModule):
             agents=self._agents(data.instructions()),
             extractor=self._extractor(),
             store=store,
-            run_seed=self.run_seed,
-            config_hash=config_hash,
-            max_turns=self.hparams.max_turns,
-            concurrency=self.hparams.max_n_processes,
-            retry=self.retry,
-            beam_size=self.hparams.beam_size,
-            expansion=self.hparams.expansion_strategy,
-            single_request_expansion=self.hparams.single_request_expansion,
+            settings=self.run_settings(config_hash),
         )
         shard = batch[self.global_rank :: self.trainer.world_size]
         work = runner.pending(shard, self.hparams.sampling_n)
@@ -234,9 +242,11 @@ class InteractionModule(LightningModule):
             redo = f" ({errored} ended in an error; --model.retry_errors true redoes them)" if errored else ""
             print(f"nothing to run: all {done} conversations are already stored in {self.results_dir}{redo}")
             return
-        progress = Progress(total=len(work) + done, done=done)
-        with ProgressReporter(progress, self.hparams.progress_every_s, silent=self.global_rank != 0) as reporter:
-            asyncio.run(self._run(runner, work, on_done=reporter.update))
+        progress = tqdm(total=len(work) + done, initial=done, desc="conversations", disable=self.global_rank != 0)
+        try:
+            asyncio.run(self._run(runner, work, on_done=lambda record: progress.update()))
+        finally:
+            progress.close()
         if self.trainer.received_sigterm:
             self.unfinished += len(runner.pending(shard, self.hparams.sampling_n))
 

@@ -8,7 +8,7 @@ import pytest
 
 from coral.backends import BackendError, ScriptedBackend
 from coral.beliefs import BeliefExtractor
-from coral.conversation import Agent, ConversationRunner, CoralProtocol, RetryPolicy
+from coral.conversation import Agent, ConversationRunner, CoralProtocol, RetryPolicy, RunSettings
 from coral.metrics import conversation_metrics
 from coral.metrics.social import reference_belief
 from coral.sampling import SamplingParams
@@ -40,10 +40,7 @@ def runner_for(task, backend, tmp_path, max_turns=6, mode="rules", retry=RetryPo
         agents=agents,
         extractor=BeliefExtractor(mode, backend),
         store=ResultStore(tmp_path),
-        run_seed=7,
-        config_hash="test",
-        max_turns=max_turns,
-        retry=retry,
+        settings=RunSettings(run_seed=7, config_hash="test", max_turns=max_turns, retry=retry),
     )
 
 

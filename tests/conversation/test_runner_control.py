@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 
 from coral.backends import BackendError, ScriptedBackend
 from coral.beliefs import BeliefExtractor
-from coral.conversation import Agent, ConversationRunner, CoralProtocol, RetryPolicy
+from coral.conversation import Agent, ConversationRunner, CoralProtocol, RetryPolicy, RunSettings
 from coral.sampling import SamplingParams
 from coral.store import ResultStore, read_records
 from coral.tasks import Example, MMLUProTask
@@ -31,8 +32,8 @@ class SlowOn(ScriptedBackend):
 def runner_for(backend, root, retry_errors: bool = False, **options) -> ConversationRunner:
     agents = {name: Agent(name, backend, "m", name, SamplingParams(max_tokens=20)) for name in ("teacher", "student")}
     store = ResultStore(root, retry_errors=retry_errors)
-    return ConversationRunner(CoralProtocol(), MMLUProTask(), agents, BeliefExtractor("rules"), store, 1, "h",
-                              max_turns=2, retry=RetryPolicy(attempts=1), **options)  # fmt: skip
+    settings = RunSettings(1, "h", max_turns=2, retry=RetryPolicy(attempts=1), **options)
+    return ConversationRunner(CoralProtocol(), MMLUProTask(), agents, BeliefExtractor("rules"), store, settings)
 
 
 def asked(backend) -> set[str]:
@@ -42,7 +43,7 @@ def asked(backend) -> set[str]:
 
 def run_until_first_done(runner, grace_s: float) -> int:
     """Run all examples two at a time and ask the run to stop as soon as the first conversation is stored."""
-    runner.stop_grace_s = grace_s
+    runner.settings = replace(runner.settings, stop_grace_s=grace_s)
 
     async def scenario() -> int:
         stop = asyncio.Event()

@@ -9,7 +9,7 @@ import pytest
 
 from coral.backends import BackendError, ScriptedBackend
 from coral.beliefs import BeliefExtractor
-from coral.conversation import Agent, ConversationRunner, CoralProtocol, RetryPolicy
+from coral.conversation import Agent, ConversationRunner, CoralProtocol, RetryPolicy, RunSettings
 from coral.conversation.tree import continue_with, pick_diverse, pick_stratified, strategy
 from coral.records import Turn
 from coral.sampling import SamplingParams
@@ -35,13 +35,15 @@ def runner(tmp_path, backend, beam_size=3, expansion="random", single_request=Tr
         agents=agents,
         extractor=BeliefExtractor("rules", None),
         store=ResultStore(tmp_path),
-        run_seed=11,
-        config_hash="tree",
-        max_turns=max_turns,
-        retry=RetryPolicy(attempts=1, backoff_s=0.0),
-        beam_size=beam_size,
-        expansion=expansion,
-        single_request_expansion=single_request,
+        settings=RunSettings(
+            run_seed=11,
+            config_hash="tree",
+            max_turns=max_turns,
+            retry=RetryPolicy(attempts=1, backoff_s=0.0),
+            beam_size=beam_size,
+            expansion=expansion,
+            single_request_expansion=single_request,
+        ),
     )
 
 

@@ -8,7 +8,7 @@ import os
 
 from coral.backends import ScriptedBackend
 from coral.beliefs import BeliefExtractor, Extraction
-from coral.conversation import Agent, ConversationRunner, CoralProtocol
+from coral.conversation import Agent, ConversationRunner, CoralProtocol, RunSettings
 from coral.records import ConversationRecord, Turn
 from coral.sampling import SamplingParams
 from coral.seeding import SeedPrefix, derive_seed
@@ -49,7 +49,8 @@ def test_records_that_end_together_share_one_fsync_and_are_on_disk_when_reported
     backend = ScriptedBackend(lambda messages, sampling: f"The correct answer is ({'AB'[len(messages) % 2]}).")
     agents = {n: Agent(n, backend, "m", "sys", SamplingParams(max_tokens=8)) for n in ("teacher", "student")}
     store = ResultStore(tmp_path)
-    runner = ConversationRunner(CoralProtocol(), MMLUProTask(), agents, BeliefExtractor("rules"), store, 7, "h", max_turns=3)
+    settings = RunSettings(7, "h", max_turns=3)
+    runner = ConversationRunner(CoralProtocol(), MMLUProTask(), agents, BeliefExtractor("rules"), store, settings)
     reported = []
 
     def on_done(done: ConversationRecord) -> None:

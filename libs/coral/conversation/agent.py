@@ -1,4 +1,4 @@
-"""An agent: who speaks, on which model, with which instruction and sampling."""
+"""An agent: who speaks, on which model, with which instruction and sampling; and the spec it is built from."""
 
 from __future__ import annotations
 
@@ -25,3 +25,18 @@ class Agent:
     model: str
     system_prompt: str
     sampling: SamplingParams
+
+
+@dataclass(frozen=True)
+class AgentSpec:
+    """Which model an agent runs and where, before a backend is built for it.
+
+    Args:
+        model: a packaged model name or a Hugging Face checkpoint directory for the embedded engine, or the model
+            name to ask the endpoint for (an application's own served name takes its place).
+        endpoint: where the model is served: a ``coral-serve`` application name, an OpenAI-compatible URL or a
+            ``grpc://host:port[/app]`` address (see ``coral.serving.endpoints``); None: the embedded engine.
+    """
+
+    model: str
+    endpoint: str | None = None

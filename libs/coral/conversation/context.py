@@ -13,9 +13,10 @@ from dataclasses import dataclass, field
 from functools import cached_property
 
 from coral.backends.base import Completion, Message
-from coral.backends.retry import RetryPolicy, Tries, call_with_retries, describe
+from coral.backends.retry import Tries, call_with_retries, describe
 from coral.beliefs import BeliefExtractor
 from coral.conversation.agent import Agent
+from coral.conversation.settings import RunSettings
 from coral.conversation.tree import continue_with, strategy
 from coral.records import ConversationRecord, Turn, Usage
 from coral.seeding import SeedPrefix
@@ -24,30 +25,33 @@ from coral.tasks.base import Example, Task
 
 @dataclass
 class ConversationContext:
-    """Everything one conversation needs; created by the runner for each (example, sample)."""
+    """Everything one conversation needs; created by the runner for each (example, sample).
+
+    Args:
+        task: the task the example belongs to.
+        example: the example discussed.
+        sample_index: which of the example's independent conversations this is.
+        agents: speaker name -> agent.
+        extractor: belief extraction for every turn.
+        settings: the run's settings, the same object for every conversation of the run.
+    """
 
     task: Task
     example: Example
     sample_index: int
     agents: dict[str, Agent]
     extractor: BeliefExtractor
-    run_seed: int
-    config_hash: str
-    max_turns: int
-    retry: RetryPolicy = field(default_factory=RetryPolicy)
-    beam_size: int = 1
-    expansion: str = "random"
-    single_request_expansion: bool = True
+    settings: RunSettings
     _classes: list[str] = field(default_factory=list)
 
     @cached_property
     def session_id(self) -> str:
         """Names the conversation for engines that keep per-conversation state (prefix cache, replica)."""
-        return f"{self.run_seed}:{self.example.id}:{self.sample_index}"
+        return f"{self.settings.run_seed}:{self.example.id}:{self.sample_index}"
 
     @cached_property
     def _seeds(self) -> SeedPrefix:
-        return SeedPrefix(self.run_seed, self.example.id, self.sample_index)
+        return SeedPrefix(self.settings.run_seed, self.example.id, self.sample_index)
 
     def seed(self, *coordinates: object) -> int:
         """``derive_seed(run_seed, example id, sample index, *coordinates)``."""
@@ -55,14 +59,14 @@ class ConversationContext:
 
     async def next_turn(self, speaker: str, messages: list[Message], index: int) -> Turn:
         """Turn ``index``, annotated: one generation, or in tree mode the picked one of ``beam_size`` candidates."""
-        if self.beam_size == 1:
+        if self.settings.beam_size == 1:
             return await self.annotate(await self.generate(speaker, messages, index))
         candidates = await self._candidates(speaker, messages, index)
         await asyncio.gather(*(self._extract_and_grade(c) for c in candidates))
         for candidate in candidates:  # classes numbered in candidate order, not completion order
             if candidate.belief is not None:
                 candidate.belief_class = await self._belief_class(candidate.belief)
-        return continue_with(candidates, strategy(self.expansion), random.Random(self.seed("pick", index)))
+        return continue_with(candidates, strategy(self.settings.expansion), random.Random(self.seed("pick", index)))
 
     async def generate(self, speaker: str, messages: list[Message], index: int, branch: int = 0) -> Turn:
         """Ask ``speaker`` for turn ``index``; a request that still fails after retries yields an errored turn."""
@@ -70,9 +74,10 @@ class ConversationContext:
 
     async def _candidates(self, speaker: str, messages: list[Message], index: int) -> list[Turn]:
         """``beam_size`` candidates from one request with ``n`` (seeds s, s+1, ...) or from one request each."""
-        if self.single_request_expansion:
-            return await self._ask(speaker, messages, index, self.seed("turn", index, 0), self.beam_size)
-        branches = [self.generate(speaker, messages, index, branch) for branch in range(self.beam_size)]
+        beam_size = self.settings.beam_size
+        if self.settings.single_request_expansion:
+            return await self._ask(speaker, messages, index, self.seed("turn", index, 0), beam_size)
+        branches = [self.generate(speaker, messages, index, branch) for branch in range(beam_size)]
         return list(await asyncio.gather(*branches))
 
     async def _ask(self, speaker: str, messages: list[Message], index: int, seed: int, n: int) -> list[Turn]:
@@ -86,7 +91,7 @@ class ConversationContext:
             return await agent.backend.chat(messages, sampling, model=agent.model, n=n, session_id=self.session_id)
 
         try:
-            completions = await call_with_retries(ask, self.retry, seed, tries)
+            completions = await call_with_retries(ask, self.settings.retry, seed, tries)
         except Exception as exc:  # noqa: BLE001 - errors are data: recorded on the turn
             return [
                 Turn(index=index, speaker=speaker, text="", model=agent.model, seed=seed + i, error=describe(exc),
@@ -135,14 +140,14 @@ class ConversationContext:
             example_id=self.example.id,
             sample_index=self.sample_index,
             task=self.task.name,
-            run_seed=self.run_seed,
-            config_hash=self.config_hash,
+            run_seed=self.settings.run_seed,
+            config_hash=self.settings.config_hash,
             protocol=protocol,
             agents={name: agent.model for name, agent in self.agents.items()},
             system_prompts={name: agent.system_prompt for name, agent in self.agents.items()},
             turns=turns,
             stop_reason=stop_reason,
-            max_turns=self.max_turns,
+            max_turns=self.settings.max_turns,
             gold=self.example.answer,
             metadata={"groups": groups} if (groups := self.task.groups(self.example)) else {},
         )

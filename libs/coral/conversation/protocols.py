@@ -66,7 +66,7 @@ class CoralProtocol(Protocol):
         opening = ctx.task.opening_message(ctx.example, posed=self.posed)
         turns = [Turn(index=0, speaker=self.asker, text=opening, generated=False)]
         stop_reason = "max_turns"
-        for index in range(1, ctx.max_turns + 1):
+        for index in range(1, ctx.settings.max_turns + 1):
             speaker = answerer if turns[-1].speaker == self.asker else self.asker
             view = agent_view(ctx.agents[speaker].system_prompt, speaker, turns)
             turn = await ctx.next_turn(speaker, view, index)

@@ -1,9 +1,9 @@
 """Runs many conversations at once and appends each record to the store the moment it ends.
 
 Work is the list of (example, sample) keys not yet in the store, so a rerun after a crash or kill resumes where
-the store stops, without duplicates. At most ``concurrency`` conversations are in flight; one conversation that
-raises (a bug, not a model error: those are recorded on turns) is recorded as an errored conversation and never
-stops the others.
+the store stops, without duplicates. At most ``settings.concurrency`` conversations are in flight; one
+conversation that raises (a bug, not a model error: those are recorded on turns) is recorded as an errored
+conversation and never stops the others.
 
 Records are stored with group commit: conversations that end while the previous write is being fsynced are
 written together, with one write and one fsync, off the event loop. A conversation counts as done (``on_done``,
@@ -24,9 +24,9 @@ from dataclasses import dataclass
 
 from coral.beliefs import BeliefExtractor
 from coral.conversation.agent import Agent
-from coral.backends.retry import RetryPolicy
 from coral.conversation.context import ConversationContext
 from coral.conversation.protocols import Protocol
+from coral.conversation.settings import RunSettings
 from coral.metrics import conversation_metrics
 from coral.records import ConversationRecord
 from coral.store import ResultStore
@@ -45,15 +45,7 @@ class ConversationRunner:
         agents: speaker name -> agent.
         extractor: belief extraction for every turn.
         store: where finished conversations go.
-        run_seed: the seed every request seed is derived from.
-        config_hash: identifies the configuration that produced the records.
-        max_turns: most generated turns per conversation.
-        concurrency: most conversations in flight at once.
-        retry: retry policy for generation requests.
-        beam_size: candidates per turn; above 1 the conversation is sampled as a tree (see coral.conversation.tree).
-        expansion: which candidate continues (``random``, ``stratified``, ``diversity``).
-        single_request_expansion: ask for the candidates in one request with ``n`` (one prefill) or one each.
-        stop_grace_s: how long conversations in flight may still finish once ``run`` is told to stop.
+        settings: seeds, limits and retries, shared whole with every conversation's context.
     """
 
     protocol: Protocol
@@ -61,15 +53,7 @@ class ConversationRunner:
     agents: dict[str, Agent]
     extractor: BeliefExtractor
     store: ResultStore
-    run_seed: int
-    config_hash: str
-    max_turns: int = 20
-    concurrency: int = 100
-    retry: RetryPolicy = RetryPolicy()
-    beam_size: int = 1
-    expansion: str = "random"
-    single_request_expansion: bool = True
-    stop_grace_s: float = 10.0
+    settings: RunSettings
 
     def pending(self, examples: Iterable[Example], samples: int) -> list[tuple[Example, int]]:
         return [(ex, s) for ex in examples for s in range(samples) if (ex.id, s) not in self.store.done]
@@ -82,8 +66,9 @@ class ConversationRunner:
     ) -> int:
         """Run every (example, sample) in ``work``; returns how many records were written.
 
-        Once ``stop`` is set (e.g. on SIGTERM), no new conversation starts; those in flight get ``stop_grace_s``
-        seconds to finish and are then abandoned: nothing is stored for them, so a rerun redoes them.
+        Once ``stop`` is set (e.g. on SIGTERM), no new conversation starts; those in flight get
+        ``settings.stop_grace_s`` seconds to finish and are then abandoned: nothing is stored for them, so a rerun
+        redoes them.
         """
         queue = deque(work)
         commits = GroupCommit(self.store)
@@ -99,7 +84,7 @@ class ConversationRunner:
                 if on_done is not None:
                     on_done(record)
 
-        workers = [asyncio.create_task(worker()) for _ in range(min(self.concurrency, len(work)))]
+        workers = [asyncio.create_task(worker()) for _ in range(min(self.settings.concurrency, len(work)))]
         try:
             await self._finish(workers, stop)
         finally:
@@ -107,15 +92,16 @@ class ConversationRunner:
         return written
 
     async def _finish(self, workers: list[asyncio.Task[None]], stop: asyncio.Event | None) -> None:
-        """Wait for the workers; once ``stop`` is set, for at most ``stop_grace_s`` more, then cancel them."""
+        """Wait for the workers; once ``stop`` is set, for at most ``settings.stop_grace_s`` more, then cancel."""
         everything = asyncio.gather(*workers)
         if stop is not None:
             stopped = asyncio.ensure_future(stop.wait())
             try:
                 await asyncio.wait([everything, stopped], return_when=asyncio.FIRST_COMPLETED)
                 if not everything.done():
-                    log.warning("stopping: no new conversation starts; %.0f s for those in flight", self.stop_grace_s)
-                    await asyncio.wait([everything], timeout=self.stop_grace_s)
+                    grace_s = self.settings.stop_grace_s
+                    log.warning("stopping: no new conversation starts; %.0f s for those in flight", grace_s)
+                    await asyncio.wait([everything], timeout=grace_s)
             finally:
                 stopped.cancel()
             if not everything.done():
@@ -126,20 +112,7 @@ class ConversationRunner:
         await everything
 
     async def _one(self, example: Example, sample: int) -> ConversationRecord:
-        ctx = ConversationContext(
-            task=self.task,
-            example=example,
-            sample_index=sample,
-            agents=self.agents,
-            extractor=self.extractor,
-            run_seed=self.run_seed,
-            config_hash=self.config_hash,
-            max_turns=self.max_turns,
-            retry=self.retry,
-            beam_size=self.beam_size,
-            expansion=self.expansion,
-            single_request_expansion=self.single_request_expansion,
-        )
+        ctx = ConversationContext(self.task, example, sample, self.agents, self.extractor, self.settings)
         try:
             record = await self.protocol.run(ctx)
         except Exception as exc:  # noqa: BLE001 - one broken conversation never kills the run

@@ -1,4 +1,7 @@
-"""Where a served model lives: an application name, an HTTP URL or a gRPC address -> a ChatBackend.
+"""Where a served model lives: an endpoint (an application name, an HTTP URL or a gRPC address) -> a ChatBackend.
+
+An endpoint is what the command line's ``*app_name`` options hold (the reference's spelling; see the README's
+table of option names): despite the name, a URL or a ``grpc://`` address is just as welcome as an application.
 
 - ``http://...`` / ``https://...``: an OpenAI-compatible API root (``.../v1``); the key comes from
   ``$OPENAI_API_KEY``, else ``$CORAL_API_TOKEN``.
@@ -48,14 +51,14 @@ class Endpoint:
         return f"Endpoint({self.protocol!r}, {self.address!r}, app_name={self.app_name!r}, model={self.model!r})"
 
 
-def resolve(name_or_url: str, *, cluster_id: str | None = None, coral_dir: str | Path | None = None) -> Endpoint:
-    """The endpoint of a URL, a ``grpc://`` address, or an application name on a cluster."""
-    if name_or_url.startswith(("http://", "https://")):
-        return Endpoint("http", name_or_url, token=_env_token())
-    if name_or_url.startswith("grpc://"):
-        target, _, app = name_or_url.removeprefix("grpc://").partition("/")
+def resolve(endpoint: str, *, cluster_id: str | None = None, coral_dir: str | Path | None = None) -> Endpoint:
+    """How to reach ``endpoint``: a URL, a ``grpc://`` address, or an application name on a cluster."""
+    if endpoint.startswith(("http://", "https://")):
+        return Endpoint("http", endpoint, token=_env_token())
+    if endpoint.startswith("grpc://"):
+        target, _, app = endpoint.removeprefix("grpc://").partition("/")
         return Endpoint("grpc", target, app_name=app or None, token=os.environ.get("CORAL_API_TOKEN"))
-    return _resolve_application(name_or_url, ClusterState.locate(cluster_id, coral_dir))
+    return _resolve_application(endpoint, ClusterState.locate(cluster_id, coral_dir))
 
 
 def _env_token() -> str | None:
@@ -78,17 +81,17 @@ def _resolve_application(name: str, state: ClusterState) -> Endpoint:
                     model=app.served_name, token=app.token)
 
 
-def backend_for(name_or_url: str, *, model: str | None = None, timeout_s: float = 600.0,
+def backend_for(endpoint: str, *, model: str | None = None, timeout_s: float = 600.0,
                 retry: RetryPolicy | None = None, cluster_id: str | None = None,
                 coral_dir: str | Path | None = None) -> ChatBackend:
-    """A ChatBackend talking to ``name_or_url`` (see :func:`resolve`); ``model`` overrides the served name."""
-    endpoint = resolve(name_or_url, cluster_id=cluster_id, coral_dir=coral_dir)
+    """A ChatBackend talking to ``endpoint`` (see :func:`resolve`); ``model`` overrides the served name."""
+    found = resolve(endpoint, cluster_id=cluster_id, coral_dir=coral_dir)
     options: dict[str, Any] = {"timeout_s": timeout_s, **({"retry": retry} if retry is not None else {})}
-    if endpoint.protocol == "grpc":
+    if found.protocol == "grpc":
         from coral.backends.grpc_client import GrpcBackend
 
-        return GrpcBackend(endpoint.address, app_name=endpoint.app_name, model=model or endpoint.model,
-                           token=endpoint.token, **options)
+        return GrpcBackend(found.address, app_name=found.app_name, model=model or found.model,
+                           token=found.token, **options)
     from coral.backends.http import OpenAIHTTPBackend
 
-    return OpenAIHTTPBackend(endpoint.address, model=model or endpoint.model, api_key=endpoint.token, **options)
+    return OpenAIHTTPBackend(found.address, model=model or found.model, api_key=found.token, **options)
