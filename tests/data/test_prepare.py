@@ -18,11 +18,10 @@ from coral.data.__main__ import main
 from coral.tasks import TASKS, get_task
 
 ROOT = Path(__file__).resolve().parents[2]
-FIXTURES = Path(__file__).resolve().parent / "fixtures"
-MATH_DIR = FIXTURES / "math" / "MATH"
+FIXTURES = ROOT / "tests" / "fixtures"
+MATH_DIR = FIXTURES / "math" / "MATH_sample"
 PRM800K_TEST = FIXTURES / "math" / "prm800k_test.jsonl"
 MMLU_PRO = FIXTURES / "mmlu_pro" / "test.jsonl"
-REPO_FIXTURES = ROOT / "tests" / "fixtures"
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: object) -> tuple[int, str, str]:
@@ -293,7 +292,7 @@ def test_hi_tom_is_evaluation_only_and_keeps_the_original_document(tmp_path: Pat
 
 @requires("gpqa")
 def test_gpqa_is_evaluation_only_csv_with_the_source_header(tmp_path: Path) -> None:
-    source = REPO_FIXTURES / "gpqa" / "gpqa_synthetic.csv"
+    source = FIXTURES / "gpqa" / "gpqa_synthetic.csv"
     prepare_dataset("gpqa", [source], tmp_path / "gpqa")
     written = tmp_path / "gpqa" / "test.csv"
     with open(source, encoding="utf-8-sig", newline="") as a, open(written, encoding="utf-8", newline="") as b:
@@ -320,7 +319,7 @@ def test_explore_tom_splits_in_paper_proportions(tmp_path: Path) -> None:
 
 def _explore_tom_rows(path: Path, copies: int) -> Path:
     """``copies`` distinct rows made from the repository's synthetic ExploreToM CSV (no real data exists here)."""
-    with open(REPO_FIXTURES / "explore_tom" / "synthetic_sample.csv", encoding="utf-8", newline="") as handle:
+    with open(FIXTURES / "explore_tom" / "synthetic_sample.csv", encoding="utf-8", newline="") as handle:
         reader = csv.DictReader(handle)
         template, header = list(reader), reader.fieldnames
     with open(path, "w", encoding="utf-8", newline="") as handle:

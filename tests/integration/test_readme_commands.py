@@ -24,7 +24,7 @@ from coral.store import ResultStore
 pytestmark = pytest.mark.timeout(900)
 
 ROOT = Path(__file__).resolve().parents[2]
-FIXTURES = ROOT / "tests" / "data" / "fixtures"
+FIXTURES = ROOT / "tests" / "fixtures"
 MODEL = "SmolLM2-135M-Instruct"
 TINY_EVAL = ["--data.val_max_instances", "1", "--model.max_turns", "2", "--model.max_turn_tokens", "8",
              "--model.extractor.max_tokens", "8"]  # fmt: skip
@@ -32,15 +32,15 @@ TINY_TRAIN = ["--settings.max_steps", "1", "--settings.batch_size", "1", "--sett
 PLACEHOLDERS = {
     "<a MATH training split, .jsonl>": "data/math/test.jsonl",
     "<checkpoint dir or model>": MODEL,
-    "/path/to/MATH": str(FIXTURES / "math" / "MATH"),
+    "/path/to/MATH": str(FIXTURES / "math" / "MATH_sample"),
 }
 """README placeholders -> something that exists here (written into the command before it is split)."""
 SOURCES = {
     "math_splits/train.jsonl": None,  # made from the MATH fixture folder (see ``stage_sources``)
     "math_splits/test.jsonl": FIXTURES / "math" / "prm800k_test.jsonl",
     "mmlu_pro_test.jsonl": FIXTURES / "mmlu_pro" / "test.jsonl",
-    "ExploreToM-data-sample.csv": ROOT / "tests" / "fixtures" / "explore_tom" / "synthetic_sample.csv",
-    "gpqa_main.csv": ROOT / "tests" / "fixtures" / "gpqa" / "gpqa_synthetic.csv",
+    "ExploreToM-data-sample.csv": FIXTURES / "explore_tom" / "synthetic_sample.csv",
+    "gpqa_main.csv": FIXTURES / "gpqa" / "gpqa_synthetic.csv",
     "Hi-ToM_data.json": FIXTURES / "hi_tom" / "Hi-ToM_data_sample.json",
     "train.jsonl": FIXTURES / "gsm8k" / "train.jsonl",
     "test.jsonl": FIXTURES / "gsm8k" / "test.jsonl",
@@ -143,7 +143,7 @@ def test_data_preparation_commands_run(workspace):
         target = stage / name
         target.parent.mkdir(parents=True, exist_ok=True)
         if source is None:
-            prepare_dataset("math", [FIXTURES / "math" / "MATH"], workspace / "made")
+            prepare_dataset("math", [FIXTURES / "math" / "MATH_sample"], workspace / "made")
             source = workspace / "made" / "train.jsonl"
         (shutil.copytree if source.is_dir() else shutil.copy)(source, target)
     shutil.rmtree(workspace / "data")  # each command writes data/<task> afresh
