@@ -25,11 +25,6 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
-from coral.backends.base import Message
-from coral.backends.embedded import EmbeddedBackend, EngineConfig
-from coral.backends.models import DEFAULT_MODEL
-from coral.sampling import SamplingParams
-
 from benchmarks.common import Check, Row, Section, repeat, stat, stopwatch
 from benchmarks.workloads import (
     ConversationSpec,
@@ -38,6 +33,10 @@ from benchmarks.workloads import (
     TokenTally,
     run_conversations,
 )
+from coral.backends.base import ChatRequest, Message
+from coral.backends.embedded import EmbeddedBackend, EngineConfig
+from coral.backends.models import DEFAULT_MODEL
+from coral.sampling import SamplingParams
 
 TARGET_EFFICIENCY = 0.8
 TARGET_CONCURRENCY_GAIN = 4.0
@@ -132,11 +131,14 @@ def filler(tokenizer, length: int) -> list[Message]:
 def measure_offline(backend: EmbeddedBackend, shapes: list[tuple[int, int]], seed: int) -> Throughput:
     """(a): one request per shape (prompt tokens, completion tokens), all submitted at once, no sessions."""
     tokenizer = backend.engine().tokenizer
-    requests = [(filler(tokenizer, prompt), completion) for prompt, completion in shapes]
+    requests = [
+        ChatRequest(filler(tokenizer, prompt), sampling(completion, seed + i))
+        for i, (prompt, completion) in enumerate(shapes)
+    ]
     tokens = Tokens()
 
     async def batch() -> None:
-        calls = [backend.chat(messages, sampling(length, seed + i)) for i, (messages, length) in enumerate(requests)]
+        calls = [backend.chat(request) for request in requests]
         for completions in await asyncio.gather(*calls):
             tokens.add(completions[0])
 
@@ -149,7 +151,7 @@ def generated_per_s(backend: EmbeddedBackend, concurrent: int, tokens: int, seed
     """Generated tokens per second with ``concurrent`` requests of ``tokens`` tokens submitted together."""
 
     async def batch() -> int:
-        calls = [backend.chat(_story(i), sampling(tokens, seed + i)) for i in range(concurrent)]
+        calls = [backend.chat(ChatRequest(_story(i), sampling(tokens, seed + i))) for i in range(concurrent)]
         return sum(completions[0].completion_tokens for completions in await asyncio.gather(*calls))
 
     with stopwatch() as elapsed:

@@ -49,16 +49,12 @@ from coral.beliefs import BeliefExtractor
 from coral.conversation import PROTOCOLS, Agent, ConversationRunner, RunSettings
 from coral.records import ConversationRecord
 from coral.sampling import SamplingParams
-from coral.serving.grpc_server import (
-    CHANNEL_OPTIONS,
-    SESSION_METADATA,
-    ChatServicer,
-    RpcAbort,
-)
-from coral.serving.proto import coral_chat_pb2 as pb
+from coral.serving.grpc_server import ChatServicer
 from coral.store import ResultStore, rank_file, read_records, store_files
 from coral.tasks.base import Example
 from coral.tasks.mmlu_pro import MMLUProTask
+from coral.wire import coral_chat_pb2 as pb
+from coral.wire.codec import CHANNEL_OPTIONS, SESSION_METADATA, RpcAbort
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "data" / "mmlu_pro" / "test.jsonl"

@@ -19,6 +19,7 @@ import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from coral.backends.base import ChatRequest
 from coral.backends.http import OpenAIHTTPBackend
 from coral.sampling import SamplingParams
 
@@ -108,7 +109,7 @@ class ServerProcess:
 def coral_client(base_url: str) -> tuple[Callable[[], Awaitable[object]], Callable[[], Awaitable[None]]]:
     """(request, close): requests through one pooled OpenAIHTTPBackend."""
     backend = OpenAIHTTPBackend(base_url, model=MODEL)
-    return (lambda: backend.chat(MESSAGES, SAMPLING)), backend.aclose
+    return (lambda: backend.chat(ChatRequest(MESSAGES, SAMPLING))), backend.aclose
 
 
 def naive_client(base_url: str) -> tuple[Callable[[], Awaitable[object]], Callable[[], Awaitable[None]]]:

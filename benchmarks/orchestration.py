@@ -18,7 +18,7 @@ import asyncio
 from dataclasses import dataclass
 from functools import partial
 
-from coral.backends.base import Completion, Message
+from coral.backends.base import ChatRequest, Completion
 from coral.sampling import SamplingParams
 from coral.tasks import get_task
 
@@ -91,16 +91,8 @@ class InstantBackend:
     def __init__(self, task: str) -> None:
         self.replies = tuple(Completion(f"{_REASONING} {answer}", "stop", 200, 60, 0.0) for answer in _ANSWERS[task])
 
-    async def chat(
-        self,
-        messages: list[Message],
-        sampling: SamplingParams,
-        *,
-        model: str | None = None,
-        n: int = 1,
-        session_id: str | None = None,
-    ) -> list[Completion]:
-        return [self.replies[len(messages) % 2]] * n
+    async def chat(self, request: ChatRequest) -> list[Completion]:
+        return [self.replies[len(request.messages) % 2]] * request.n
 
     async def end_session(self, session_id: str) -> None:
         pass

@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from coral.backends.base import ChatBackend, Completion, Message
+from coral.backends.base import ChatBackend, ChatRequest, Completion
 from coral.beliefs import BeliefExtractor
 from coral.conversation import Agent, ConversationRunner, CoralProtocol, RunSettings
 from coral.records import ConversationRecord
@@ -64,16 +64,8 @@ class TokenTally:
         self.tokens = Tokens()
         self.shapes: list[tuple[int, int]] = []
 
-    async def chat(
-        self,
-        messages: list[Message],
-        sampling: SamplingParams,
-        *,
-        model: str | None = None,
-        n: int = 1,
-        session_id: str | None = None,
-    ) -> list[Completion]:
-        completions = await self.inner.chat(messages, sampling, model=model, n=n, session_id=session_id)
+    async def chat(self, request: ChatRequest) -> list[Completion]:
+        completions = await self.inner.chat(request)
         for completion in completions:
             self.tokens.add(completion)
             self.shapes.append(

@@ -6,7 +6,8 @@ import asyncio
 
 import pytest
 import torch
-from coral.backends import BackendError, EmbeddedBackend, EngineConfig, packed
+
+from coral.backends import BackendError, ChatRequest, EmbeddedBackend, EngineConfig, packed
 from coral.backends.base import InvalidRequestError
 from coral.sampling import SamplingParams
 
@@ -47,8 +48,8 @@ def test_same_seed_same_text_alone_or_among_others(backend):
     sampling = SamplingParams(temperature=0.8, top_p=0.9, max_tokens=24, seed=11)
 
     async def scenario():
-        alone = await backend.chat(ask(3), sampling.with_seed(13))
-        crowd = await asyncio.gather(*(backend.chat(ask(i), sampling.with_seed(10 + i)) for i in range(6)))
+        alone = await backend.chat(ChatRequest(ask(3), sampling.with_seed(13)))
+        crowd = await asyncio.gather(*(backend.chat(ChatRequest(ask(i), sampling.with_seed(10 + i))) for i in range(6)))
         return alone[0], crowd[3][0]
 
     alone, in_crowd = run(scenario())
@@ -58,20 +59,20 @@ def test_same_seed_same_text_alone_or_among_others(backend):
 
 def test_different_seeds_and_n_samples_differ(backend):
     sampling = SamplingParams(temperature=1.0, top_p=1.0, max_tokens=16, seed=5)
-    many = run(backend.chat(ask(4), sampling, n=3))
+    many = run(backend.chat(ChatRequest(ask(4), sampling, n=3)))
     assert len(many) == 3 and len({c.text for c in many}) == 3
     # Sample i of n uses seed + i: sample 1 equals a single request with seed 6.
-    single = run(backend.chat(ask(4), sampling.with_seed(6)))
+    single = run(backend.chat(ChatRequest(ask(4), sampling.with_seed(6))))
     assert single[0].text == many[1].text
 
 
 def test_greedy_length_limit_and_stop_strings(backend):
     greedy = SamplingParams(temperature=0.0, max_tokens=8)
-    first, second = run(backend.chat(ask(2), greedy)), run(backend.chat(ask(2), greedy))
+    first, second = run(backend.chat(ChatRequest(ask(2), greedy))), run(backend.chat(ChatRequest(ask(2), greedy)))
     assert first[0].text == second[0].text
     assert first[0].finish_reason == "length" and first[0].completion_tokens == 8
     words = first[0].text.split()
-    stopped = run(backend.chat(ask(2), SamplingParams(temperature=0.0, max_tokens=8, stop=(words[1],))))[0]
+    stopped = run(backend.chat(ChatRequest(ask(2), SamplingParams(temperature=0.0, max_tokens=8, stop=(words[1],)))))[0]
     assert stopped.finish_reason == "stop" and words[1] not in stopped.text
     assert first[0].text.startswith(stopped.text.rstrip())
 
@@ -80,10 +81,10 @@ def test_session_prefix_is_reused_without_changing_the_answer(backend):
     sampling = SamplingParams(temperature=0.7, max_tokens=16, seed=3)
 
     async def scenario():
-        turn1 = (await backend.chat(ask(5), sampling, session_id="s1"))[0]
+        turn1 = (await backend.chat(ChatRequest(ask(5), sampling, session_id="s1")))[0]
         history = ask(5) + [{"role": "assistant", "content": turn1.text}, {"role": "user", "content": "More?"}]
-        cached = (await backend.chat(history, sampling, session_id="s1"))[0]
-        fresh = (await backend.chat(history, sampling))[0]
+        cached = (await backend.chat(ChatRequest(history, sampling, session_id="s1")))[0]
+        fresh = (await backend.chat(ChatRequest(history, sampling)))[0]
         await backend.end_session("s1")
         return turn1, cached, fresh
 
@@ -94,7 +95,7 @@ def test_session_prefix_is_reused_without_changing_the_answer(backend):
 
 def test_packed_attention_matches_the_reference_implementation(backend):
     engine = backend.engine()
-    run(backend.chat(ask(1), SamplingParams(max_tokens=1)))  # make sure the model is loaded
+    run(backend.chat(ChatRequest(ask(1), SamplingParams(max_tokens=1))))  # make sure the model is loaded
     tokens = engine.tokenizer("The capital of France is")["input_ids"]
     from coral.backends import models
 
@@ -108,16 +109,17 @@ def test_packed_attention_matches_the_reference_implementation(backend):
 
 def test_a_prompt_or_max_tokens_past_the_context_is_an_invalid_request(backend):
     """Not a failure worth retrying: HTTP answers it 400 and gRPC INVALID_ARGUMENT, naming the field."""
-    run(backend.chat(ask(1), SamplingParams(max_tokens=1)))  # loaded: the context is known
+    run(backend.chat(ChatRequest(ask(1), SamplingParams(max_tokens=1))))  # loaded: the context is known
     context = backend.engine()._context
     huge = [{"role": "user", "content": "word " * (context + 10)}]
     with pytest.raises(InvalidRequestError, match=f"does not fit the model's context of {context} tokens") as raised:
-        run(backend.chat(huge, SamplingParams(max_tokens=4)))
+        run(backend.chat(ChatRequest(huge, SamplingParams(max_tokens=4))))
     assert raised.value.param == "messages" and raised.value.code == "context_length_exceeded"
     with pytest.raises(InvalidRequestError, match=f"max_tokens {context + 1} exceeds") as raised:
-        run(backend.chat(ask(1), SamplingParams(max_tokens=context + 1)))
+        run(backend.chat(ChatRequest(ask(1), SamplingParams(max_tokens=context + 1))))
     assert raised.value.param == "max_tokens" and not raised.value.retryable
-    assert run(backend.chat(ask(1), SamplingParams(max_tokens=2)))[0].completion_tokens == 2  # still serving
+    still = run(backend.chat(ChatRequest(ask(1), SamplingParams(max_tokens=2))))
+    assert still[0].completion_tokens == 2  # still serving
 
 
 LONG = [{"role": "user", "content": "Add these up: " + ", ".join(str(i * 37 % 101) for i in range(160))}]
@@ -130,19 +132,19 @@ def test_a_long_prompt_is_read_in_chunks_beside_short_ones_and_answers_as_alone(
     events: list[str] = []
 
     async def short(i: int) -> None:
-        await chunked.chat(ask(i), SamplingParams(temperature=0.0, max_tokens=3))
+        await chunked.chat(ChatRequest(ask(i), SamplingParams(temperature=0.0, max_tokens=3)))
         events.append(f"short {i}")
 
     async def long() -> str:
         text = ""
-        async for delta in chunked.chat_stream(LONG, greedy):
+        async for delta in chunked.chat_stream(ChatRequest(LONG, greedy)):
             events.append("long")
             text += delta.text
         return text
 
     async def scenario():
         results = await asyncio.gather(short(0), long(), short(1), short(2))  # submitted in this order
-        alone = (await chunked.chat(LONG, greedy))[0]
+        alone = (await chunked.chat(ChatRequest(LONG, greedy)))[0]
         return results[1], alone
 
     streamed, alone = run(scenario())
@@ -153,4 +155,4 @@ def test_a_long_prompt_is_read_in_chunks_beside_short_ones_and_answers_as_alone(
 
 def test_unknown_model_fails_with_a_clear_error():
     with pytest.raises(BackendError, match="neither a local checkpoint directory"):
-        run(EmbeddedBackend("no-such-model").chat(ask(1), SamplingParams(max_tokens=2)))
+        run(EmbeddedBackend("no-such-model").chat(ChatRequest(ask(1), SamplingParams(max_tokens=2))))

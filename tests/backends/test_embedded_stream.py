@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from coral.backends import EmbeddedBackend, EngineConfig
+from coral.backends import ChatRequest, EmbeddedBackend, EngineConfig
 from coral.sampling import SamplingParams
 
 pytestmark = pytest.mark.timeout(600)
@@ -19,9 +19,9 @@ async def chat_and_stream(backend, messages, sampling, n=1):
     """The same request answered whole and streamed, at once (the engine batches them together)."""
 
     async def streamed():
-        return [delta async for delta in backend.chat_stream(messages, sampling, n=n)]
+        return [delta async for delta in backend.chat_stream(ChatRequest(messages, sampling, n=n))]
 
-    return await asyncio.gather(backend.chat(messages, sampling, n=n), streamed())
+    return await asyncio.gather(backend.chat(ChatRequest(messages, sampling, n=n)), streamed())
 
 
 def test_streamed_pieces_join_to_the_non_streamed_text():

@@ -3,6 +3,7 @@ from __future__ import annotations
 import pytest
 
 from coral.backends import BackendError, Message, ScriptedBackend
+from coral.backends.retry import RetryPolicy
 from coral.beliefs import EXTRACTION_MODES, BeliefExtractor, Extraction
 from coral.sampling import SamplingParams
 from coral.tasks import Example, MathTask, MMLUProTask
@@ -81,7 +82,7 @@ async def test_an_unreadable_judge_reply_is_kept() -> None:
 @pytest.mark.asyncio
 async def test_judge_failure_is_an_error_never_a_belief() -> None:
     judge = ScriptedJudge(*[BackendError("extraction network error")] * 3)
-    extractor = BeliefExtractor(mode="judge", backend=judge, retries=2, backoff_s=0.001)
+    extractor = BeliefExtractor(mode="judge", backend=judge, retry=RetryPolicy(attempts=3, backoff_s=0.001))
     result = await extractor.extract(MMLU, MMLU_EXAMPLE, "Error: extraction network error")
     assert result.belief is None and result.method == "judge"
     assert result.error is not None and "extraction network error" in result.error and "3 attempt" in result.error
@@ -92,7 +93,7 @@ async def test_judge_failure_is_an_error_never_a_belief() -> None:
 @pytest.mark.asyncio
 async def test_judge_retries_then_succeeds() -> None:
     judge = ScriptedJudge(RuntimeError("connection reset"), "(E)")
-    extractor = BeliefExtractor(mode="rules_then_judge", backend=judge, backoff_s=0.001)
+    extractor = BeliefExtractor(mode="rules_then_judge", backend=judge, retry=RetryPolicy(backoff_s=0.001))
     result = await extractor.extract(MMLU, MMLU_EXAMPLE, "Hmm.")
     assert result == Extraction("E", "judge", None, 120, 7, "(E)")
     assert len(judge.requests) == 2
@@ -101,7 +102,7 @@ async def test_judge_retries_then_succeeds() -> None:
 @pytest.mark.asyncio
 async def test_non_retryable_error_stops_at_once() -> None:
     judge = ScriptedJudge(BackendError("bad request", retryable=False), "(A)")
-    extractor = BeliefExtractor(mode="judge", backend=judge, backoff_s=0.001)
+    extractor = BeliefExtractor(mode="judge", backend=judge, retry=RetryPolicy(backoff_s=0.001))
     result = await extractor.extract(MMLU, MMLU_EXAMPLE, "Hmm.")
     assert result.belief is None and result.error is not None and "bad request" in result.error
     assert len(judge.requests) == 1
@@ -115,3 +116,18 @@ async def test_judge_modes_need_a_backend_at_extract_time() -> None:
         await extractor.extract(MATH, MATH_EXAMPLE, "no box")
     extractor.backend = ScriptedJudge(r"$\boxed{2}$")
     assert (await extractor.extract(MATH, MATH_EXAMPLE, "no box")).belief == "2"
+
+
+@pytest.mark.asyncio
+async def test_the_judge_retries_in_the_shared_loop_and_counts_every_request() -> None:
+    """The judge's policy is a RetryPolicy, and a network backend that gave up after its own retries counts as all
+    the requests it sent (the old loop said "1 attempt" for them)."""
+    judge = ScriptedJudge(*[RuntimeError("reset")] * 3)
+    extractor = BeliefExtractor(mode="judge", backend=judge, retry=RetryPolicy(attempts=2, backoff_s=0.001))
+    result = await extractor.extract(MMLU, MMLU_EXAMPLE, "Hmm.")
+    assert result.error == "judge failed after 2 attempt(s): RuntimeError: reset" and len(judge.requests) == 2
+
+    gave_up = BackendError("http://judge: gave up after 4 attempts: HTTP 503", retryable=False, attempts=4)
+    judge = ScriptedJudge(gave_up, "(A)")
+    result = await BeliefExtractor(mode="judge", backend=judge).extract(MMLU, MMLU_EXAMPLE, "Hmm.")
+    assert result.error == f"judge failed after 4 attempt(s): BackendError: {gave_up}" and len(judge.requests) == 1

@@ -23,10 +23,10 @@ class SlowOn(ScriptedBackend):
         super().__init__(lambda messages, sampling: "The correct answer is (B)")
         self.marker, self.delay_s = marker, delay_s
 
-    async def chat(self, messages, sampling, **kwargs):
-        if self.marker in messages[1]["content"]:
+    async def chat(self, request):
+        if self.marker in request.messages[1]["content"]:
             await asyncio.sleep(self.delay_s)
-        return await super().chat(messages, sampling, **kwargs)
+        return await super().chat(request)
 
 
 def runner_for(backend, root, retry_errors: bool = False, **options) -> ConversationRunner:

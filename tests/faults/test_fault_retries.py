@@ -14,7 +14,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from coral.backends.base import BackendError
+from coral.backends.base import BackendError, ChatRequest
 from coral.backends.http import retry_after_s
 from coral.backends.retry import RetryPolicy
 from coral.sampling import SamplingParams
@@ -55,7 +55,7 @@ def ask(protocol: str, address: str, injector: Injector, faults: list[str], n: i
     async def call():
         backend = CLIENT.backend(protocol, address)
         try:
-            return await backend.chat(ASK, SamplingParams(seed=10), n=n)
+            return await backend.chat(ChatRequest(ASK, SamplingParams(seed=10), n=n))
         finally:
             await backend.aclose()
 
@@ -74,7 +74,7 @@ def over_grpc(faults: list[str], n: int = 1):
             backend = CLIENT.backend("grpc", target)
             injector.forced.extend(faults)
             try:
-                return await backend.chat(ASK, SamplingParams(seed=10), n=n)
+                return await backend.chat(ChatRequest(ASK, SamplingParams(seed=10), n=n))
             finally:
                 await backend.aclose()
         finally:

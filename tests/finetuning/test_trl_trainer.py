@@ -14,7 +14,7 @@ from safetensors.torch import save_file
 import torch
 from transformers import TrainerCallback
 
-from coral.backends import EmbeddedBackend, models
+from coral.backends import ChatRequest, EmbeddedBackend, models
 from coral.sampling import SamplingParams
 from finetuning.trainers.trl_trainer import (
     MARKER,
@@ -140,7 +140,7 @@ def test_trained_checkpoint_answers_in_the_embedded_engine(which, dpo_run, sft_r
     checkpoint = dpo_run[1] if which == "dpo" else sft_run[1]
     backend = EmbeddedBackend(str(checkpoint))
     greedy = SamplingParams(temperature=0.0, max_tokens=4, seed=0)
-    [completion] = asyncio.run(backend.chat(system("What is 2+3?"), greedy))
+    [completion] = asyncio.run(backend.chat(ChatRequest(system("What is 2+3?"), greedy)))
     assert 1 <= completion.completion_tokens <= 4 and completion.text.strip()
     assert completion.prompt_tokens > 5
 

@@ -10,17 +10,19 @@ from pathlib import Path
 
 import grpc
 import pytest
+
 from coral.backends import BackendError, ScriptedBackend
-from coral.backends.base import BACKENDS, Delta, InvalidRequestError
+from coral.backends.base import BACKENDS, ChatRequest, Delta, InvalidRequestError
 from coral.backends.grpc_client import GrpcBackend
 from coral.backends.retry import RetryPolicy
 from coral.sampling import SamplingParams
-from coral.serving.grpc_server import ChatServicer, RpcAbort, serve_grpc, to_request
-from coral.serving.proto import coral_chat_pb2 as pb
-from coral.serving.proto import coral_chat_pb2_grpc as pb_grpc
+from coral.serving.grpc_server import ChatServicer, serve_grpc
+from coral.wire import coral_chat_pb2 as pb
+from coral.wire import coral_chat_pb2_grpc as pb_grpc
+from coral.wire.codec import RpcAbort, to_request
 
 ROOT = Path(__file__).resolve().parents[2]
-PROTO_DIR = ROOT / "libs" / "coral" / "serving" / "proto"
+PROTO_DIR = ROOT / "libs" / "coral" / "wire"
 FAST_RETRY = RetryPolicy(attempts=5, backoff_s=0.01)
 ASK = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "two plus two"}]
 
@@ -42,8 +44,8 @@ def echo(messages, sampling) -> str:
 class WordStreamer(ScriptedBackend):
     """A scripted backend that streams its reply word by word, as a token-streaming engine would."""
 
-    async def chat_stream(self, messages, sampling, *, model=None, n=1, session_id=None):
-        completions = await self.chat(messages, sampling, model=model, n=n, session_id=session_id)
+    async def chat_stream(self, request):
+        completions = await self.chat(request)
         for index, completion in enumerate(completions):
             words = completion.text.split(" ")
             for i, word in enumerate(words):
@@ -59,7 +61,7 @@ def test_unary_chat_carries_every_value_both_ways():
         async with served(backend) as target:
             client = GrpcBackend(target, model="tiny", retry=FAST_RETRY)
             try:
-                return target, await client.chat(ASK, sampling)
+                return target, await client.chat(ChatRequest(ASK, sampling))
             finally:
                 await client.aclose()
 
@@ -77,7 +79,7 @@ def test_n_choices_use_consecutive_seeds():
 
     async def scenario():
         async with served(backend) as target:
-            return await GrpcBackend(target).chat(ASK, SamplingParams(seed=7), n=3)
+            return await GrpcBackend(target).chat(ChatRequest(ASK, SamplingParams(seed=7), n=3))
 
     assert [c.text for c in asyncio.run(scenario())] == ["seed=7", "seed=8", "seed=9"]
 
@@ -88,7 +90,7 @@ def test_session_id_reaches_the_backend_from_request_or_metadata():
 
     async def scenario():
         async with served(backend) as target:
-            await GrpcBackend(target).chat(ASK, SamplingParams(), session_id="conv-client")
+            await GrpcBackend(target).chat(ChatRequest(ASK, SamplingParams(), session_id="conv-client"))
             async with grpc.aio.insecure_channel(target) as channel:
                 stub = pb_grpc.CoralChatStub(channel)
                 await stub.Chat(request, metadata=[("multiplexed_model_id", "conv-metadata")])
@@ -109,7 +111,8 @@ def test_streamed_chunks_reassemble_to_the_text():
     async def scenario():
         async with served(backend) as target:
             client = GrpcBackend(target)
-            return target, [d async for d in client.chat_stream(ASK, SamplingParams(seed=3), n=2, session_id="s")]
+            request = ChatRequest(ASK, SamplingParams(seed=3), n=2, session_id="s")
+            return target, [d async for d in client.chat_stream(request)]
 
     target, deltas = asyncio.run(scenario())
     for index, seed in ((0, 3), (1, 4)):
@@ -128,10 +131,24 @@ def test_unavailable_is_retried_until_it_succeeds():
 
     async def scenario():
         async with served(backend) as target:
-            return await GrpcBackend(target, retry=FAST_RETRY).chat(ASK, SamplingParams(seed=1))
+            return await GrpcBackend(target, retry=FAST_RETRY).chat(ChatRequest(ASK, SamplingParams(seed=1)))
 
     assert asyncio.run(scenario())[0].text == "done"
     assert len(backend.calls) == 3
+
+
+def test_a_stream_opened_after_a_retry_counts_the_failed_request():
+    failures = iter([BackendError("busy")])
+    backend = ScriptedBackend(lambda messages, sampling: next(failures, "done"))
+
+    async def scenario():
+        async with served(backend) as target:
+            client = GrpcBackend(target, retry=FAST_RETRY)
+            return [d async for d in client.chat_stream(ChatRequest(ASK, SamplingParams(seed=1)))]
+
+    (delta,) = asyncio.run(scenario())
+    assert delta.text == "done" and delta.completion.attempts == 2
+    assert len(delta.completion.failures) == 1 and "UNAVAILABLE: busy" in delta.completion.failures[0]
 
 
 def test_retries_run_out_as_a_final_error():
@@ -139,7 +156,8 @@ def test_retries_run_out_as_a_final_error():
 
     async def scenario():
         async with served(backend) as target:
-            await GrpcBackend(target, retry=RetryPolicy(attempts=2, backoff_s=0.01)).chat(ASK, SamplingParams())
+            client = GrpcBackend(target, retry=RetryPolicy(attempts=2, backoff_s=0.01))
+            await client.chat(ChatRequest(ASK, SamplingParams()))
 
     with pytest.raises(BackendError, match="gave up after 2 attempts.*UNAVAILABLE: overloaded") as caught:
         asyncio.run(scenario())
@@ -155,7 +173,7 @@ def test_bad_input_and_engine_faults_are_not_retried():
             errors = []
             for messages in ([{"role": "robot", "content": "beep"}], ASK):
                 try:
-                    await client.chat(messages, SamplingParams())
+                    await client.chat(ChatRequest(messages, SamplingParams()))
                 except BackendError as exc:
                     errors.append(exc)
             return errors
@@ -174,7 +192,7 @@ def test_a_request_the_model_can_never_answer_is_invalid_argument():
         aborts = []
         for call in (servicer.respond, lambda request: anext(servicer.stream(request))):  # unary, then streamed
             try:
-                await call(to_request(ASK, SamplingParams()))
+                await call(to_request(ChatRequest(ASK, SamplingParams())))
             except RpcAbort as abort:
                 aborts.append(abort)
         return aborts
@@ -194,7 +212,8 @@ def test_token_is_required_when_set():
             outcomes = []
             for token in (None, "wrong", "s3cret"):
                 try:
-                    outcomes.append((await GrpcBackend(target, token=token).chat(ASK, SamplingParams()))[0].text)
+                    client = GrpcBackend(target, token=token)
+                    outcomes.append((await client.chat(ChatRequest(ASK, SamplingParams())))[0].text)
                 except BackendError as exc:
                     outcomes.append(str(exc))
             return outcomes
@@ -219,7 +238,8 @@ def test_one_channel_serves_every_call_and_a_new_event_loop_gets_its_own(monkeyp
     async def calls(count: int) -> list[str]:
         async with served(backend) as target:
             client.target = target
-            replies = await asyncio.gather(*(client.chat(ASK, SamplingParams(seed=i)) for i in range(count)))
+            requests = [ChatRequest(ASK, SamplingParams(seed=i)) for i in range(count)]
+            replies = await asyncio.gather(*(client.chat(request) for request in requests))
             return [r[0].text for r in replies]
 
     assert asyncio.run(calls(10)) == [f"seed={i}" for i in range(10)]
@@ -239,10 +259,10 @@ def test_served_names_map_to_backend_models_and_unknown_names_are_not_found():
         target = f"127.0.0.1:{server.add_insecure_port('127.0.0.1:0')}"
         await server.start()
         try:
-            named = await GrpcBackend(target, model="tiny").chat(ASK, SamplingParams())
-            default = await GrpcBackend(target).chat(ASK, SamplingParams())
+            named = await GrpcBackend(target, model="tiny").chat(ChatRequest(ASK, SamplingParams()))
+            default = await GrpcBackend(target).chat(ChatRequest(ASK, SamplingParams()))
             try:
-                await GrpcBackend(target, model="huge").chat(ASK, SamplingParams())
+                await GrpcBackend(target, model="huge").chat(ChatRequest(ASK, SamplingParams()))
             except BackendError as exc:
                 return named[0], default[0], exc
         finally:
@@ -263,10 +283,10 @@ def test_committed_stubs_equal_a_fresh_generation(tmp_path):
     """The stubs are committed so users need no build step; regenerating them must change nothing."""
     subprocess.run(
         [sys.executable, "-m", "grpc_tools.protoc", "-I", "libs", f"--python_out={tmp_path}", f"--pyi_out={tmp_path}",
-         f"--grpc_python_out={tmp_path}", "libs/coral/serving/proto/coral_chat.proto"],
+         f"--grpc_python_out={tmp_path}", "libs/coral/wire/coral_chat.proto"],
         cwd=ROOT, check=True,
     )  # fmt: skip
-    fresh = tmp_path / "coral" / "serving" / "proto"
+    fresh = tmp_path / "coral" / "wire"
     names = ["coral_chat_pb2.py", "coral_chat_pb2.pyi", "coral_chat_pb2_grpc.py"]
     assert sorted(p.name for p in fresh.iterdir()) == names
     for name in names:

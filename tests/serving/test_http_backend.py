@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from coral.backends import BACKENDS, BackendError, ScriptedBackend
+from coral.backends import BACKENDS, BackendError, ChatRequest, ScriptedBackend
 from coral.backends.http import OpenAIHTTPBackend
 from coral.backends.retry import RetryPolicy
 from coral.sampling import SamplingParams
@@ -34,7 +34,7 @@ def run(coro):
 
 async def chat_and_close(backend: OpenAIHTTPBackend, *args: Any, **kwargs: Any):
     try:
-        return await backend.chat(*args, **kwargs)
+        return await backend.chat(ChatRequest(*args, **kwargs))
     finally:
         await backend.aclose()
 
@@ -148,10 +148,10 @@ def test_one_connection_for_sequential_requests_and_limit_when_concurrent(coral_
         try:
             recorder.clients.clear()
             for i in range(20):
-                await backend.chat(ASK, SamplingParams(seed=i))
+                await backend.chat(ChatRequest(ASK, SamplingParams(seed=i)))
             sequential = list(recorder.clients)
             recorder.clients.clear()
-            await asyncio.gather(*(backend.chat(ASK, SamplingParams(seed=i)) for i in range(12)))
+            await asyncio.gather(*(backend.chat(ChatRequest(ASK, SamplingParams(seed=i))) for i in range(12)))
             return sequential, list(recorder.clients)
         finally:
             await backend.aclose()
@@ -174,7 +174,7 @@ def test_session_of_a_finished_loop_is_replaced(coral_server):
     """Without aclose the first loop's connection cannot be closed by aiohttp; Python closes it when collected."""
     server, _ = coral_server
     backend = OpenAIHTTPBackend(server.base_url, model="tiny")
-    first = run(backend.chat(ASK, SamplingParams(seed=1)))
+    first = run(backend.chat(ChatRequest(ASK, SamplingParams(seed=1))))
     second = run(chat_and_close(backend, ASK, SamplingParams(seed=2)))
     assert first[0].text.startswith("seed=1") and second[0].text.startswith("seed=2")
     gc.collect()  # report the dropped socket here, not in a later test

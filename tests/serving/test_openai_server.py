@@ -50,11 +50,11 @@ def script(messages, sampling: SamplingParams):
 class StreamingScripted(ScriptedBackend):
     """A scripted backend that streams word by word; "fail-midway" breaks after the first piece."""
 
-    async def chat_stream(self, messages, sampling, *, model=None, n=1, session_id=None) -> AsyncIterator[Delta]:
-        if messages[-1]["content"] == "fail-midway":
+    async def chat_stream(self, request) -> AsyncIterator[Delta]:
+        if request.messages[-1]["content"] == "fail-midway":
             yield Delta(0, "partial ")
             raise BackendError("engine died", retryable=True)
-        for index, completion in enumerate(await self.chat(messages, sampling, model=model, n=n, session_id=session_id)):
+        for index, completion in enumerate(await self.chat(request)):
             words = completion.text.split(" ")
             for i, word in enumerate(words):
                 yield Delta(index, word if i == len(words) - 1 else word + " ")
@@ -219,7 +219,7 @@ class Hanging(ScriptedBackend):
         super().__init__(script)
         self.started, self.cancelled = threading.Event(), threading.Event()
 
-    async def chat(self, messages, sampling, *, model=None, n=1, session_id=None):
+    async def chat(self, request):
         self.started.set()
         try:
             await asyncio.sleep(600)

@@ -16,7 +16,7 @@ import pytest
 import ray
 from ray import serve
 
-from coral.backends import BackendError
+from coral.backends import BackendError, ChatRequest
 from coral.backends.grpc_client import GrpcBackend
 from coral.backends.retry import RetryPolicy
 from coral.sampling import SamplingParams
@@ -46,7 +46,7 @@ def cluster() -> Iterator[dict[str, str]]:
             http_options={"host": "127.0.0.1", "port": http_port},
             grpc_options={
                 "port": grpc_port,
-                "grpc_servicer_functions": ["coral.serving.proto.coral_chat_pb2_grpc.add_CoralChatServicer_to_server"],
+                "grpc_servicer_functions": ["coral.wire.coral_chat_pb2_grpc.add_CoralChatServicer_to_server"],
             },
         )
         app = build_embedded_app({"served_name": APP, "engine": {"threads": 1}, "min_replicas": 2, "num_cpus": 1})
@@ -93,10 +93,10 @@ def test_http_and_grpc_answer_with_the_real_model(cluster):
     async def over_grpc():
         client = grpc_client(cluster)
         try:
-            whole = await client.chat(ASK, GREEDY)
-            streamed = [delta async for delta in client.chat_stream(ASK, GREEDY)]
+            whole = await client.chat(ChatRequest(ASK, GREEDY))
+            streamed = [delta async for delta in client.chat_stream(ChatRequest(ASK, GREEDY))]
             try:
-                await client.chat(ASK, GREEDY, model="not-served")
+                await client.chat(ChatRequest(ASK, GREEDY, model="not-served"))
             except BackendError as exc:
                 return whole[0], streamed, exc
             raise AssertionError("an unknown model was answered")
@@ -122,7 +122,7 @@ def test_every_turn_of_a_conversation_reaches_the_same_replica(cluster):
         client = grpc_client(cluster)
         try:
             for _ in range(3):
-                (completion,) = await client.chat(a, GREEDY, session_id="conv-a")
+                (completion,) = await client.chat(ChatRequest(a, GREEDY, session_id="conv-a"))
                 seen["conv-a"].append((completion.replica, completion.cached_prompt_tokens))
                 a.extend([{"role": "assistant", "content": completion.text}, {"role": "user", "content": "And more?"}])
                 answer = await asyncio.to_thread(post_chat, cluster["http"], b, "conv-b")

@@ -7,7 +7,15 @@ tests), ``openai_http`` (any OpenAI-compatible server) and ``grpc`` (coral's gRP
 import importlib
 from typing import Any
 
-from coral.backends.base import BACKENDS, BackendError, ChatBackend, Completion, Message
+from coral.backends.base import (
+    BACKENDS,
+    BackendError,
+    ChatBackend,
+    ChatRequest,
+    Completion,
+    Message,
+    StreamingChatBackend,
+)
 from coral.backends.scripted import ScriptedBackend
 
 
@@ -30,6 +38,7 @@ __all__ = [
     "BACKENDS",
     "BackendError",
     "ChatBackend",
+    "ChatRequest",
     "Completion",
     "EmbeddedBackend",
     "EngineConfig",
@@ -37,4 +46,5 @@ __all__ = [
     "Message",
     "OpenAIHTTPBackend",
     "ScriptedBackend",
+    "StreamingChatBackend",
 ]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -11,6 +11,23 @@ from coral.sampling import SamplingParams
 
 Message = dict[str, str]
 """An OpenAI-style chat message: ``{"role": "system"|"user"|"assistant", "content": ...}``."""
+
+
+@dataclass(frozen=True)
+class ChatRequest:
+    """One chat request: the only place its fields are declared, passed whole from caller to backend to server."""
+
+    messages: list[Message]
+    """The conversation so far, oldest first."""
+    sampling: SamplingParams
+    """How to sample; ``n`` choices use seeds ``seed``, ``seed + 1``, ..."""
+    model: str | None = None
+    """The model to answer; None: the backend's (or server's) default."""
+    n: int = 1
+    """Completions to sample for this one prompt."""
+    session_id: str | None = None
+    """The conversation this request belongs to, so an engine can keep its state (prefix cache, replica) between
+    turns."""
 
 
 @dataclass(frozen=True)
@@ -95,21 +112,9 @@ class InvalidRequestError(BackendError):
 
 @runtime_checkable
 class ChatBackend(Protocol):
-    """Anything that answers chat requests.
+    """Anything that answers chat requests."""
 
-    ``n`` completions are sampled for one prompt (seeds ``seed``, ``seed + 1``, ...). ``session_id`` names the
-    conversation a request belongs to, so an engine can keep its state (prefix cache, replica) between turns.
-    """
-
-    async def chat(
-        self,
-        messages: list[Message],
-        sampling: SamplingParams,
-        *,
-        model: str | None = None,
-        n: int = 1,
-        session_id: str | None = None,
-    ) -> list[Completion]: ...
+    async def chat(self, request: ChatRequest) -> list[Completion]: ...
 
     async def end_session(self, session_id: str) -> None:
         """The conversation is over; state kept for it may be dropped."""
@@ -118,22 +123,26 @@ class ChatBackend(Protocol):
     async def aclose(self) -> None: ...
 
 
-async def stream_chat(
-    backend: ChatBackend,
-    messages: list[Message],
-    sampling: SamplingParams,
-    *,
-    model: str | None = None,
-    n: int = 1,
-    session_id: str | None = None,
-) -> AsyncGenerator[Delta, None]:
-    """Stream a chat request: token pieces where the backend streams (``chat_stream``), else one piece per choice."""
-    if hasattr(backend, "chat_stream"):
-        async for delta in backend.chat_stream(messages, sampling, model=model, n=n, session_id=session_id):
+@runtime_checkable
+class StreamingChatBackend(ChatBackend, Protocol):
+    """A ChatBackend that also hands out text as it is generated.
+
+    ``chat_stream`` yields Deltas per choice; the last Delta of each choice carries its Completion, and the pieces
+    of a choice join to exactly the text ``chat`` would give.
+    """
+
+    def chat_stream(self, request: ChatRequest) -> AsyncIterator[Delta]:
+        """The request's pieces as they are generated (an async generator)."""
+        ...
+
+
+async def stream_chat(backend: ChatBackend, request: ChatRequest) -> AsyncGenerator[Delta, None]:
+    """Stream a chat request: token pieces from a StreamingChatBackend, else one piece per choice."""
+    if isinstance(backend, StreamingChatBackend):
+        async for delta in backend.chat_stream(request):
             yield delta
         return
-    completions = await backend.chat(messages, sampling, model=model, n=n, session_id=session_id)
-    for index, completion in enumerate(completions):
+    for index, completion in enumerate(await backend.chat(request)):
         yield Delta(index, completion.text, completion)
 
 

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 import torch
 
 from coral.backends import models, packed
-from coral.backends.base import BACKENDS, BackendError, Completion, Delta, InvalidRequestError, Message
+from coral.backends.base import BACKENDS, BackendError, ChatRequest, Completion, Delta, InvalidRequestError
 from coral.sampling import SamplingParams
 
 log = logging.getLogger(__name__)
@@ -74,10 +74,7 @@ class EngineConfig:
 
 @dataclass
 class _Request:
-    messages: list[Message]
-    sampling: SamplingParams
-    n: int
-    session_id: str | None
+    chat: ChatRequest
     loop: asyncio.AbstractEventLoop
     future: asyncio.Future
     submitted: float = field(default_factory=time.perf_counter)
@@ -183,19 +180,13 @@ class EmbeddedEngine:
         self._thread.start()
 
     # ----------------------------------------------------------------- client side (any thread / event loop)
-    def submit(
-        self,
-        messages: list[Message],
-        sampling: SamplingParams,
-        n: int,
-        session_id: str | None,
-        on_delta: Callable[[Delta], None] | None = None,
-    ) -> asyncio.Future:
-        """Queue a request; the future gets all n Completions. ``on_delta`` (called on this event loop) streams
-        the text of each choice as it is generated, the last piece of a choice carrying its Completion."""
+    def submit(self, chat: ChatRequest, on_delta: Callable[[Delta], None] | None = None) -> asyncio.Future:
+        """Queue a request (its ``model`` picked this engine); the future gets all n Completions. ``on_delta``
+        (called on this event loop) streams the text of each choice as it is generated, the last piece of a choice
+        carrying its Completion."""
         loop = asyncio.get_running_loop()
         future = loop.create_future()
-        self._inbox.put(_Request(messages, sampling, n, session_id, loop, future, on_delta=on_delta))
+        self._inbox.put(_Request(chat, loop, future, on_delta=on_delta))
         return future
 
     def end_session(self, session_id: str) -> None:
@@ -260,16 +251,17 @@ class EmbeddedEngine:
         admitted: list[_Request] = []
         while self._waiting:
             request = self._waiting[0]
-            if running + request.n > self.config.max_sequences and (running or admitted):
+            if running + request.chat.n > self.config.max_sequences and (running or admitted):
                 break  # an idle engine always takes the next request
-            running += request.n
+            running += request.chat.n
             admitted.append(self._waiting.pop(0))
         return admitted
 
     def _tokenize(self, request: _Request) -> list[int] | None:
         """The request's prompt tokens; None (the request answered with an error) if it cannot be served."""
         try:
-            encoded = self.tokenizer.apply_chat_template(request.messages, tokenize=True, add_generation_prompt=True)
+            messages = request.chat.messages
+            encoded = self.tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=True)
         except Exception as exc:  # noqa: BLE001 - a bad request must not stop the engine
             self._reply(request, error=BackendError(f"cannot apply chat template: {exc}", retryable=False))
             return None
@@ -279,9 +271,9 @@ class EmbeddedEngine:
             problem = InvalidRequestError(
                 f"prompt of {len(prompt)} tokens does not fit the model's context of {self._context} tokens "
                 "(one token must be left to generate)", param="messages", code="context_length_exceeded")
-        elif request.sampling.max_tokens > self._context:
+        elif request.chat.sampling.max_tokens > self._context:
             problem = InvalidRequestError(
-                f"max_tokens {request.sampling.max_tokens} exceeds the model's context of {self._context} tokens "
+                f"max_tokens {request.chat.sampling.max_tokens} exceeds the model's context of {self._context} tokens "
                 "(a completion still ends where the context does, finish_reason 'length')", param="max_tokens",
                 code="context_length_exceeded")
         if problem is not None:
@@ -300,13 +292,14 @@ class EmbeddedEngine:
         if prompt is None:
             return None
         request.prompt = prompt
-        request.outputs = [None] * request.n
+        request.outputs = [None] * request.chat.n
         reused, kv = (0, None)
-        if request.session_id is not None:
-            reused, kv = self._cache.take(request.session_id, prompt)
+        if request.chat.session_id is not None:
+            reused, kv = self._cache.take(request.chat.session_id, prompt)
         request.cached = reused
         kv = kv or packed.KVStore(*self._kv_shape)
-        return _Sequence(request, 0, kv, prompt[reused:], self._generator(request.sampling, 0), fed=prompt[:reused])
+        generator = self._generator(request.chat.sampling, 0)
+        return _Sequence(request, 0, kv, prompt[reused:], generator, fed=prompt[:reused])
 
     @staticmethod
     def _generator(sampling: SamplingParams, sample: int) -> torch.Generator:
@@ -353,7 +346,7 @@ class EmbeddedEngine:
             del seq.feed[:count]
             if seq.feed:  # a prompt with chunks left, or one that waited for room
                 still.append(seq)
-            elif len(seq.generated) == 0 and seq.request.n > 1 and seq.sample == 0:
+            elif len(seq.generated) == 0 and seq.request.chat.n > 1 and seq.sample == 0:
                 still.extend(self._fork(seq, rows[id(seq)]))
             else:
                 still.extend(self._advance(seq, rows[id(seq)]))
@@ -381,9 +374,10 @@ class EmbeddedEngine:
 
     def _fork(self, seq: _Sequence, row: torch.Tensor) -> list[_Sequence]:
         """After the shared prompt ran once, split a request with n > 1 into n sequences."""
+        sampling = seq.request.chat.sampling
         forks = [seq] + [
-            _Sequence(seq.request, i, seq.kv.clone(), [], self._generator(seq.request.sampling, i), fed=list(seq.fed))
-            for i in range(1, seq.request.n)
+            _Sequence(seq.request, i, seq.kv.clone(), [], self._generator(sampling, i), fed=list(seq.fed))
+            for i in range(1, seq.request.chat.n)
         ]
         still = []
         for fork in forks:
@@ -391,7 +385,7 @@ class EmbeddedEngine:
         return still
 
     def _advance(self, seq: _Sequence, row: torch.Tensor) -> list[_Sequence]:
-        sampling = seq.request.sampling
+        sampling = seq.request.chat.sampling
         token = _sample(row, sampling, seq.generator)
         seq.generated.append(token)
         seq.feed = [token]
@@ -420,7 +414,7 @@ class EmbeddedEngine:
         may begin up to (its length - 1) characters before the current end, and the text is then cut there.
         """
         stable = text.rstrip("\ufffd")
-        hold = max((len(s) for s in seq.request.sampling.stop), default=1) - 1
+        hold = max((len(s) for s in seq.request.chat.sampling.stop), default=1) - 1
         stable = stable[: max(len(stable) - hold, 0)]
         if len(stable) > len(seq.streamed):
             piece = stable[len(seq.streamed) :]
@@ -442,8 +436,8 @@ class EmbeddedEngine:
             cached_prompt_tokens=request.cached,
         )
         self._send(request, Delta(seq.sample, completion.text[len(seq.streamed) :], completion))
-        if request.session_id is not None and seq.sample == 0:
-            self._cache.put(request.session_id, seq.fed, seq.kv)
+        if request.chat.session_id is not None and seq.sample == 0:
+            self._cache.put(request.chat.session_id, seq.fed, seq.kv)
         if all(output is not None for output in request.outputs):
             self._reply(request, result=list(request.outputs))
 
@@ -516,35 +510,19 @@ class EmbeddedBackend:
     def engine(self, model: str | None = None) -> EmbeddedEngine:
         return shared_engine(model or self.model, self.engine_config)
 
-    async def chat(
-        self,
-        messages: list[Message],
-        sampling: SamplingParams,
-        *,
-        model: str | None = None,
-        n: int = 1,
-        session_id: str | None = None,
-    ) -> list[Completion]:
-        future = self.engine(model).submit(messages, sampling, n, session_id)
+    async def chat(self, request: ChatRequest) -> list[Completion]:
+        future = self.engine(request.model).submit(request)
         try:
             return await asyncio.wait_for(future, self.request_timeout)
         except asyncio.TimeoutError:
             raise BackendError(f"embedded request timed out after {self.request_timeout}s") from None
 
-    async def chat_stream(
-        self,
-        messages: list[Message],
-        sampling: SamplingParams,
-        *,
-        model: str | None = None,
-        n: int = 1,
-        session_id: str | None = None,
-    ) -> AsyncIterator[Delta]:
+    async def chat_stream(self, request: ChatRequest) -> AsyncIterator[Delta]:
         """The request's text as the engine generates it: Deltas per choice, token by token; the last Delta of
         each choice carries its Completion. The pieces of a choice join to exactly its ``chat`` text."""
         loop = asyncio.get_running_loop()
         pieces: asyncio.Queue[Delta | None] = asyncio.Queue()
-        future = self.engine(model).submit(messages, sampling, n, session_id, on_delta=pieces.put_nowait)
+        future = self.engine(request.model).submit(request, on_delta=pieces.put_nowait)
         future.add_done_callback(lambda _: pieces.put_nowait(None))  # queued after every piece of the request
         deadline = loop.time() + self.request_timeout
         try:

@@ -1,5 +1,8 @@
 """A ChatBackend over coral's gRPC protocol: a standalone ``coral.serving.grpc_server`` or Ray Serve's gRPC proxy.
 
+The wire format and its conversions are ``coral.wire``, shared with the servers, so this client imports nothing
+from ``coral.serving``.
+
 One channel per backend carries every request (Matrix opened a new channel per request attempt). Requests name
 their conversation twice: ``session_id`` in the request (the engine's prefix cache) and ``multiplexed_model_id``
 metadata (Ray Serve routes all turns of a conversation to one replica with it). ``application`` metadata picks
@@ -19,17 +22,10 @@ from typing import Any, TypeVar
 
 import grpc
 
-from coral.backends.base import BACKENDS, BackendError, Completion, Delta, Message, expect_choices
-from coral.backends.retry import RetryPolicy, call_with_transport_retries
-from coral.sampling import SamplingParams
-from coral.serving.grpc_server import (
-    CHANNEL_OPTIONS,
-    SESSION_METADATA,
-    from_chunk,
-    from_response,
-    to_request,
-)
-from coral.serving.proto import coral_chat_pb2_grpc as pb_grpc
+from coral.backends.base import BACKENDS, BackendError, ChatRequest, Completion, Delta, expect_choices
+from coral.backends.retry import RetryPolicy, Tries, call_with_transport_retries
+from coral.wire import coral_chat_pb2_grpc as pb_grpc
+from coral.wire.codec import CHANNEL_OPTIONS, SESSION_METADATA, from_chunk, from_response, to_request
 
 RETRYABLE_CODES = frozenset(
     {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED}
@@ -107,58 +103,45 @@ class GrpcBackend:
             metadata.append(("authorization", f"Bearer {self._token}"))
         return metadata
 
-    async def chat(
-        self,
-        messages: list[Message],
-        sampling: SamplingParams,
-        *,
-        model: str | None = None,
-        n: int = 1,
-        session_id: str | None = None,
-    ) -> list[Completion]:
+    async def chat(self, request: ChatRequest) -> list[Completion]:
         """One Chat call, retried as the policy says; ``latency_s`` is the whole call as the caller waited for it."""
-        request = to_request(messages, sampling, model=model or self.model, n=n, session_id=session_id)
-        metadata = self._metadata(session_id)
+        message = to_request(replace(request, model=request.model or self.model))
+        metadata = self._metadata(request.session_id)
         started = time.perf_counter()
 
         async def attempt() -> list[Completion]:
             stub = await self._client()
-            response = await _call(lambda: stub.Chat(request, timeout=self.timeout_s, metadata=metadata), self.target)
-            return expect_choices(from_response(response), n, self.target)
+            response = await _call(lambda: stub.Chat(message, timeout=self.timeout_s, metadata=metadata), self.target)
+            return expect_choices(from_response(response), request.n, self.target)
 
-        completions, failures = await self._with_retries(attempt, sampling.seed)
+        completions, tries = await self._with_retries(attempt, request.sampling.seed)
         latency_s = time.perf_counter() - started
-        return [replace(c, latency_s=latency_s, attempts=len(failures) + 1, failures=failures) for c in completions]
+        return [tries.charge(replace(c, latency_s=latency_s)) for c in completions]
 
-    async def chat_stream(
-        self,
-        messages: list[Message],
-        sampling: SamplingParams,
-        *,
-        model: str | None = None,
-        n: int = 1,
-        session_id: str | None = None,
-    ) -> AsyncIterator[Delta]:
+    async def chat_stream(self, request: ChatRequest) -> AsyncIterator[Delta]:
         """Text pieces as the server generates them (ChatStream). Only opening the stream is retried: once a
-        piece has been yielded, a failure is final."""
-        request = to_request(messages, sampling, model=model or self.model, n=n, session_id=session_id)
-        metadata = self._metadata(session_id)
+        piece has been yielded, a failure is final. Each choice's Completion counts the failed openings."""
+        message = to_request(replace(request, model=request.model or self.model))
+        metadata = self._metadata(request.session_id)
         started = time.perf_counter()
 
         async def open_stream() -> tuple[grpc.aio.UnaryStreamCall, Any]:  # (call, first chunk or EOF)
             stub = await self._client()
-            call = stub.ChatStream(request, timeout=self.timeout_s, metadata=metadata)
+            call = stub.ChatStream(message, timeout=self.timeout_s, metadata=metadata)
             return call, await _call(call.read, self.target)
 
-        (call, chunk), _ = await self._with_retries(open_stream, sampling.seed)
+        (call, chunk), tries = await self._with_retries(open_stream, request.sampling.seed)
         try:
             while chunk is not grpc.aio.EOF:
-                yield from_chunk(chunk, time.perf_counter() - started)
+                delta = from_chunk(chunk, time.perf_counter() - started)
+                if delta.completion is not None:
+                    delta = replace(delta, completion=tries.charge(delta.completion))
+                yield delta
                 chunk = await _call(call.read, self.target, retryable=False)
         finally:
             call.cancel()
 
-    async def _with_retries(self, attempt: Callable[[], Awaitable[T]], seed: int | None) -> tuple[T, tuple[str, ...]]:
+    async def _with_retries(self, attempt: Callable[[], Awaitable[T]], seed: int | None) -> tuple[T, Tries]:
         return await call_with_transport_retries(attempt, self.retry, seed, self.target)
 
     async def end_session(self, session_id: str) -> None:

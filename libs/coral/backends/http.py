@@ -24,9 +24,8 @@ from typing import Any
 
 import aiohttp
 
-from coral.backends.base import BACKENDS, BackendError, Completion, Message, expect_choices
+from coral.backends.base import BACKENDS, BackendError, ChatRequest, Completion, expect_choices
 from coral.backends.retry import RetryPolicy, call_with_transport_retries
-from coral.sampling import SamplingParams
 
 SESSION_HEADER = "serve_multiplexed_model_id"
 """Ray Serve's multiplexed-model header, used as the conversation id for sticky routing."""
@@ -115,33 +114,25 @@ class OpenAIHTTPBackend:
             await _close_quietly(old)
         return self._session
 
-    async def chat(
-        self,
-        messages: list[Message],
-        sampling: SamplingParams,
-        *,
-        model: str | None = None,
-        n: int = 1,
-        session_id: str | None = None,
-    ) -> list[Completion]:
+    async def chat(self, request: ChatRequest) -> list[Completion]:
         """One chat request, retried as the policy says.
 
         ``latency_s`` is the whole call as the caller waited for it, retries included.
         """
-        name = model or self.model
+        name = request.model or self.model
         if name is None:
-            raise BackendError(f"{self!r}: no model given (pass model= to chat or to the backend)", retryable=False)
-        body = _request_body(name, messages, sampling, n)
-        headers = {SESSION_HEADER: session_id} if session_id is not None else None
+            raise BackendError(f"{self!r}: no model given (name one in the request or the backend)", retryable=False)
+        body = _request_body(name, request)
+        headers = {SESSION_HEADER: request.session_id} if request.session_id is not None else None
         started = time.perf_counter()
 
         async def attempt() -> list[Completion]:
             data, header_replica = await self._post(body, headers)
-            return expect_choices(_completions(data, header_replica, self.url), n, self.url)
+            return expect_choices(_completions(data, header_replica, self.url), request.n, self.url)
 
-        completions, failures = await call_with_transport_retries(attempt, self.retry, sampling.seed, self.url)
+        completions, tries = await call_with_transport_retries(attempt, self.retry, request.sampling.seed, self.url)
         latency_s = time.perf_counter() - started
-        return [replace(c, latency_s=latency_s, attempts=len(failures) + 1, failures=failures) for c in completions]
+        return [tries.charge(replace(c, latency_s=latency_s)) for c in completions]
 
     async def _post(self, body: dict[str, Any], headers: dict[str, str] | None) -> tuple[dict[str, Any], str | None]:
         """One attempt: the parsed JSON answer and the replica header, or a BackendError saying if a retry may help."""
@@ -174,15 +165,16 @@ class OpenAIHTTPBackend:
             await _close_quietly(session)
 
 
-def _request_body(model: str, messages: list[Message], sampling: SamplingParams, n: int) -> dict[str, Any]:
+def _request_body(model: str, request: ChatRequest) -> dict[str, Any]:
     """The JSON body; optional fields are left out when unset, since hosted APIs reject fields they do not know."""
+    sampling = request.sampling
     body: dict[str, Any] = {
         "model": model,
-        "messages": messages,
+        "messages": request.messages,
         "temperature": sampling.temperature,
         "top_p": sampling.top_p,
         "max_tokens": sampling.max_tokens,
-        "n": n,
+        "n": request.n,
     }
     if sampling.seed is not None:
         body["seed"] = sampling.seed

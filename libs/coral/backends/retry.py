@@ -1,8 +1,9 @@
 """One retry loop for every caller of a model: exponential backoff with seeded jitter, retryable failures only.
 
-Transport backends (HTTP, gRPC) retry what the network broke; the conversation layer retries what a backend
-still reports as retryable. Both use this loop, so backoff and jitter mean the same thing everywhere, and both
-count what retrying cost (``Tries``): every request sent and why each failed one failed, which the turn records.
+Transport backends (HTTP, gRPC) retry what the network broke; the conversation layer (agents' turns) and the
+belief extractor (the judge) retry what a backend still reports as retryable. All of them use this loop and
+``RetryPolicy``, so backoff and jitter mean the same thing everywhere, and all count what retrying cost
+(``Tries``): every request sent and why each failed one failed, which a Completion carries and a turn records.
 """
 
 from __future__ import annotations
@@ -10,10 +11,10 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TypeVar
 
-from coral.backends.base import BackendError
+from coral.backends.base import BackendError, Completion
 
 T = TypeVar("T")
 
@@ -67,6 +68,14 @@ class Tries:
             self.attempts += 1
             self.failures.append(describe(exc))
 
+    def charge(self, completion: Completion) -> Completion:
+        """``completion`` with these failed tries added before its own: all requests it cost, and why each failed."""
+        return replace(
+            completion,
+            attempts=self.attempts + completion.attempts,
+            failures=(*self.failures, *completion.failures),
+        )
+
 
 async def call_with_retries(
     call: Callable[[], Awaitable[T]], policy: RetryPolicy, seed: int | None = None, tries: Tries | None = None
@@ -93,17 +102,17 @@ async def call_with_retries(
 
 async def call_with_transport_retries(
     call: Callable[[], Awaitable[T]], policy: RetryPolicy, seed: int | None, target: str
-) -> tuple[T, tuple[str, ...]]:
-    """``call_with_retries`` for a network backend, where one try is one request: the result and why each
-    earlier request failed.
+) -> tuple[T, Tries]:
+    """``call_with_retries`` for a network backend, where one try is one request: the result and the tries that
+    failed before it (``Tries.charge`` puts them on the Completions).
 
     Once retries are spent the failure is final: the error says so and is not retryable, so a caller with its
-    own retry loop (the conversation layer) does not multiply the attempts. Either way the raised BackendError
-    carries every request's count and reason.
+    own retry loop (the conversation layer, the judge) does not multiply the attempts. Either way the raised
+    BackendError carries every request's count and reason.
     """
     tries = Tries()
     try:
-        return await call_with_retries(call, policy, seed, tries), tuple(tries.failures)
+        return await call_with_retries(call, policy, seed, tries), tries
     except BackendError as exc:
         if exc.retryable:
             message = f"{target}: gave up after {tries.attempts} attempts: {exc}"

@@ -4,22 +4,11 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from dataclasses import dataclass
 
-from coral.backends.base import BACKENDS, Completion, Message
+from coral.backends.base import BACKENDS, ChatRequest, Completion, Message
 from coral.sampling import SamplingParams
 
 Script = Callable[[list[Message], SamplingParams], "str | BaseException"]
-
-
-@dataclass(frozen=True)
-class Call:
-    """One request the scripted backend received."""
-
-    messages: list[Message]
-    sampling: SamplingParams
-    model: str | None
-    session_id: str | None
 
 
 @BACKENDS.register("scripted")
@@ -34,23 +23,16 @@ class ScriptedBackend:
         self.script = script
         self.latency_s = latency_s
         self.usage = usage
-        self.calls: list[Call] = []
+        self.calls: list[ChatRequest] = []
         self.ended_sessions: list[str] = []
 
-    async def chat(
-        self,
-        messages: list[Message],
-        sampling: SamplingParams,
-        *,
-        model: str | None = None,
-        n: int = 1,
-        session_id: str | None = None,
-    ) -> list[Completion]:
-        self.calls.append(Call(messages, sampling, model, session_id))
+    async def chat(self, request: ChatRequest) -> list[Completion]:
+        self.calls.append(request)
         if self.latency_s:
             await asyncio.sleep(self.latency_s)
+        messages, sampling = request.messages, request.sampling
         replies = []
-        for i in range(n):
+        for i in range(request.n):
             reply = self.script(messages, sampling if i == 0 else sampling.with_seed((sampling.seed or 0) + i))
             if isinstance(reply, BaseException):
                 raise reply

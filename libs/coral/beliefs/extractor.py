@@ -8,15 +8,17 @@ string, which the multiple-choice matcher read as answer "E" (reference 8.1.2, 8
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass
 
-from coral.backends.base import BackendError, ChatBackend
+from coral.backends.base import BackendError, ChatBackend, ChatRequest, Completion
+from coral.backends.retry import RetryPolicy, Tries, call_with_retries, describe
 from coral.sampling import SamplingParams
 from coral.tasks.base import Example, Task
 
 EXTRACTION_MODES: tuple[str, ...] = ("rules", "judge", "rules_then_judge")
 """``rules``: the task's parser only; ``judge``: the LLM judge only; ``rules_then_judge``: judge as fallback."""
+JUDGE_RETRY = RetryPolicy(attempts=3, backoff_s=0.25)
+"""The judge's default retries: a failed extraction is cheap to redo and costs no more than a turn's error."""
 
 
 @dataclass(frozen=True)
@@ -46,8 +48,7 @@ class BeliefExtractor:
             agents' backend), but must be set before a judge mode extracts.
         model: the judge model name passed to the backend.
         sampling: the judge's sampling; greedy and short, since the reply is one answer or "not sure yet".
-        retries: extra attempts after a failed judge call, with exponential backoff from ``backoff_s``.
-        backoff_s: the first wait between attempts.
+        retry: how a failed judge call is retried (the same loop as the agents' turns).
     """
 
     def __init__(
@@ -56,19 +57,15 @@ class BeliefExtractor:
         backend: ChatBackend | None = None,
         model: str | None = None,
         sampling: SamplingParams = SamplingParams(temperature=0.0, top_p=1.0, max_tokens=32),
-        retries: int = 2,
-        backoff_s: float = 0.25,
+        retry: RetryPolicy = JUDGE_RETRY,
     ) -> None:
         if mode not in EXTRACTION_MODES:
             raise ValueError(f"unknown extraction mode {mode!r}; valid modes: {', '.join(EXTRACTION_MODES)}")
-        if retries < 0:
-            raise ValueError(f"BeliefExtractor.retries must be >= 0, got {retries}")
         self.mode = mode
         self.backend = backend
         self.model = model
         self.sampling = sampling
-        self.retries = retries
-        self.backoff_s = backoff_s
+        self.retry = retry
 
     async def extract(
         self, task: Task, example: Example, text: str, seed: int | None = None, session_id: str | None = None
@@ -100,24 +97,22 @@ class BeliefExtractor:
         self, task: Task, example: Example, text: str, seed: int | None = None, session_id: str | None = None
     ) -> Extraction:
         """The judge's reading of ``text`` (method "judge"); a failed judge call is recorded as ``error``."""
-        if self.backend is None:
+        backend = self.backend
+        if backend is None:
             raise ValueError(f"BeliefExtractor in mode {self.mode!r} needs a judge backend; set .backend first")
-        messages = task.extraction_prompt(example, text)
         sampling = self.sampling.with_seed(seed) if seed is not None else self.sampling
-        error = "no attempt made"
-        for attempt in range(self.retries + 1):
-            if attempt:
-                await asyncio.sleep(self.backoff_s * 2 ** (attempt - 1))
-            try:
-                completions = await self.backend.chat(messages, sampling, model=self.model, session_id=session_id)
-                if not completions:
-                    raise BackendError("the judge backend returned no completion")
-            except Exception as exc:  # any backend failure is recorded, never raised and never a belief
-                error = f"judge failed after {attempt + 1} attempt(s): {type(exc).__name__}: {exc}"
-                if isinstance(exc, BackendError) and not exc.retryable:
-                    break
-                continue
-            reply = completions[0]
-            belief = task.parse_judge_output(reply.text, example)
-            return Extraction(belief, "judge", None, reply.prompt_tokens, reply.completion_tokens, reply.text)
-        return Extraction(None, "judge", error)
+        request = ChatRequest(task.extraction_prompt(example, text), sampling, self.model, session_id=session_id)
+
+        async def ask() -> Completion:
+            completions = await backend.chat(request)
+            if not completions:
+                raise BackendError("the judge backend returned no completion")
+            return completions[0]
+
+        tries = Tries()
+        try:
+            reply = await call_with_retries(ask, self.retry, sampling.seed, tries)
+        except Exception as exc:  # any backend failure is recorded, never raised and never a belief
+            return Extraction(None, "judge", f"judge failed after {tries.attempts} attempt(s): {describe(exc)}")
+        belief = task.parse_judge_output(reply.text, example)
+        return Extraction(belief, "judge", None, reply.prompt_tokens, reply.completion_tokens, reply.text)

@@ -12,7 +12,7 @@ import random
 from dataclasses import dataclass, field
 from functools import cached_property
 
-from coral.backends.base import Completion, Message
+from coral.backends.base import ChatRequest, Completion, Message
 from coral.backends.retry import Tries, call_with_retries, describe
 from coral.beliefs import BeliefExtractor
 from coral.conversation.agent import Agent
@@ -84,14 +84,10 @@ class ConversationContext:
         """Turns from one request for ``n`` candidates; every request sent and why each failed one failed (a
         network backend's own retries included) are recorded on them."""
         agent = self.agents[speaker]
+        request = ChatRequest(messages, agent.sampling.with_seed(seed), agent.model, n, self.session_id)
         tries = Tries()
-
-        async def ask():
-            sampling = agent.sampling.with_seed(seed)
-            return await agent.backend.chat(messages, sampling, model=agent.model, n=n, session_id=self.session_id)
-
         try:
-            completions = await call_with_retries(ask, self.settings.retry, seed, tries)
+            completions = await call_with_retries(lambda: agent.backend.chat(request), self.settings.retry, seed, tries)
         except Exception as exc:  # noqa: BLE001 - errors are data: recorded on the turn
             return [
                 Turn(index=index, speaker=speaker, text="", model=agent.model, seed=seed + i, error=describe(exc),

@@ -12,7 +12,7 @@ the replica (its Ray Serve unique id), so clients and tests can check it.
 
 A Ray Serve config file names this application by ``import_path: coral.serving.apps:build_embedded_app`` with
 ``args`` as in ``EmbeddedAppArgs``; the gRPC proxy needs ``grpc_servicer_functions:
-[coral.serving.proto.coral_chat_pb2_grpc.add_CoralChatServicer_to_server]`` in ``grpc_options``.
+[coral.wire.coral_chat_pb2_grpc.add_CoralChatServicer_to_server]`` in ``grpc_options``.
 """
 
 from __future__ import annotations
@@ -28,12 +28,12 @@ from ray import serve
 from ray.serve.grpc_util import RayServegRPCContext
 
 from coral.backends import models
-from coral.backends.base import ChatBackend, Completion, Delta, Message, stream_chat
+from coral.backends.base import ChatBackend, ChatRequest, Completion, Delta, stream_chat
 from coral.backends.embedded import EmbeddedBackend, EngineConfig
-from coral.sampling import SamplingParams
-from coral.serving.grpc_server import ChatServicer, RpcAbort
+from coral.serving.grpc_server import ChatServicer
 from coral.serving.openai_api import build_openai_app
-from coral.serving.proto import coral_chat_pb2 as pb
+from coral.wire import coral_chat_pb2 as pb
+from coral.wire.codec import RpcAbort
 
 MAX_SESSIONS_PER_REPLICA = 100_000
 """Conversation ids one replica keeps "loaded" for routing; beyond this the least recently used is forgotten."""
@@ -128,30 +128,14 @@ class _StickySessions:
         if routed:
             await self._load_session(routed)
 
-    async def chat(
-        self,
-        messages: list[Message],
-        sampling: SamplingParams,
-        *,
-        model: str | None = None,
-        n: int = 1,
-        session_id: str | None = None,
-    ) -> list[Completion]:
-        await self._touch(session_id)
-        return await self.backend.chat(messages, sampling, model=model, n=n, session_id=session_id)
+    async def chat(self, request: ChatRequest) -> list[Completion]:
+        await self._touch(request.session_id)
+        return await self.backend.chat(request)
 
-    async def chat_stream(
-        self,
-        messages: list[Message],
-        sampling: SamplingParams,
-        *,
-        model: str | None = None,
-        n: int = 1,
-        session_id: str | None = None,
-    ) -> AsyncIterator[Delta]:
-        await self._touch(session_id)
+    async def chat_stream(self, request: ChatRequest) -> AsyncIterator[Delta]:
+        await self._touch(request.session_id)
         # An async generator, closed below so that a cancelled call frees the engine at once.
-        pieces = stream_chat(self.backend, messages, sampling, model=model, n=n, session_id=session_id)
+        pieces = stream_chat(self.backend, request)
         try:
             async for delta in pieces:
                 yield delta

@@ -33,7 +33,7 @@ from coral.serving.cluster import ClusterState, HeadInfo
 
 EMBEDDED_IMPORT_PATH = "coral.serving.apps:build_embedded_app"
 VLLM_IMPORT_PATH = "ray.serve.llm:build_openai_app"
-GRPC_SERVICER = "coral.serving.proto.coral_chat_pb2_grpc.add_CoralChatServicer_to_server"
+GRPC_SERVICER = "coral.wire.coral_chat_pb2_grpc.add_CoralChatServicer_to_server"
 PREFIX_ROUTER = "ray.serve.llm.request_router:PrefixCacheAffinityRouter"
 """Ray Serve LLM's prefix-aware router (defined in ``ray/serve/llm/request_router.py`` in Ray 2.60)."""
 

@@ -1,170 +1,23 @@
-"""coral's gRPC service in front of any ChatBackend, and the one place proto messages meet coral's types.
-
-``to_request`` / ``from_request`` and ``to_response`` / ``from_response`` (plus the chunk pair for streaming) are
-the only conversions between ``coral_chat.proto`` and (messages, SamplingParams, n, session id) or Completions;
-the client (``coral.backends.grpc_client``), this server and the Ray Serve application all use them.
+"""coral's gRPC service in front of any ChatBackend.
 
 ``ChatServicer`` holds the RPC logic in two transport-free methods, ``respond`` and ``stream``, which take the
 request and its metadata and raise ``RpcAbort`` on failure. Its ``Chat`` / ``ChatStream`` methods adapt them to a
-plain ``grpc.aio`` server; ``coral.serving.apps`` adapts the same two methods to Ray Serve's gRPC proxy.
+plain ``grpc.aio`` server; ``coral.serving.apps`` adapts the same two methods to Ray Serve's gRPC proxy. Proto
+messages become coral's types in ``coral.wire.codec``, which the client uses too.
 """
 
 from __future__ import annotations
 
 import hmac
-import uuid
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import replace
 
 import grpc
 
-from coral.backends.base import (
-    BackendError,
-    ChatBackend,
-    Completion,
-    Delta,
-    InvalidRequestError,
-    Message,
-    stream_chat,
-)
-from coral.sampling import SamplingParams
-from coral.serving.proto import coral_chat_pb2 as pb
-from coral.serving.proto import coral_chat_pb2_grpc as pb_grpc
-
-ROLES = ("assistant", "system", "user")
-MAX_N = 128
-"""Most completions one request may ask for."""
-SESSION_METADATA = "multiplexed_model_id"
-"""gRPC metadata naming the conversation; Ray Serve's gRPC proxy routes on it (model multiplexing)."""
-MAX_MESSAGE_BYTES = 64 * 2**20
-"""Largest request or response on the wire: long conversations outgrow gRPC's 4 MiB default."""
-CHANNEL_OPTIONS = [
-    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-]
-
-Metadata = Iterable[tuple[str, str]]
-
-
-class RpcAbort(Exception):
-    """An RPC fails with ``code``; ``details`` tells the caller why (naming the field for bad input)."""
-
-    def __init__(self, code: grpc.StatusCode, details: str) -> None:
-        super().__init__(f"{code.name}: {details}")
-        self.code = code
-        self.details = details
-
-
-@dataclass(frozen=True)
-class ChatCall:
-    """A ChatRequest in coral's own types."""
-
-    messages: list[Message]
-    sampling: SamplingParams
-    model: str | None
-    n: int
-    session_id: str | None
-
-
-# ----------------------------------------------------------------------------------------------- conversions
-def to_request(
-    messages: Sequence[Message],
-    sampling: SamplingParams,
-    *,
-    model: str | None = None,
-    n: int = 1,
-    session_id: str | None = None,
-) -> pb.ChatRequest:
-    """The ChatRequest for a chat call; every sampling field is set, so the server's defaults never apply."""
-    return pb.ChatRequest(
-        model=model or "",
-        messages=[pb.Message(role=m["role"], content=m["content"]) for m in messages],
-        temperature=sampling.temperature,
-        top_p=sampling.top_p,
-        max_tokens=sampling.max_tokens,
-        n=n,
-        seed=sampling.seed,
-        stop=list(sampling.stop),
-        ignore_eos=sampling.ignore_eos,
-        session_id=session_id or "",
-    )
-
-
-def from_request(request: pb.ChatRequest, metadata: Metadata = ()) -> ChatCall:
-    """Validate a ChatRequest; bad input raises RpcAbort(INVALID_ARGUMENT) naming the field.
-
-    The session id is the request's ``session_id`` or else the ``multiplexed_model_id`` metadata.
-    """
-    if not request.messages:
-        raise _invalid("ChatRequest.messages: at least one message is required")
-    for i, message in enumerate(request.messages):
-        if message.role not in ROLES:
-            raise _invalid(f"ChatRequest.messages[{i}].role: must be one of {', '.join(ROLES)}, got {message.role!r}")
-    if request.n > MAX_N:
-        raise _invalid(f"ChatRequest.n: must be at most {MAX_N}, got {request.n}")
-    given = {f: getattr(request, f) for f in ("temperature", "top_p", "max_tokens", "seed") if request.HasField(f)}
-    try:
-        sampling = SamplingParams(**given, stop=tuple(request.stop), ignore_eos=request.ignore_eos)
-    except ValueError as exc:
-        raise _invalid(f"ChatRequest: {exc}") from None
-    session_id = request.session_id or dict(metadata).get(SESSION_METADATA) or None
-    messages = [{"role": m.role, "content": m.content} for m in request.messages]
-    return ChatCall(messages, sampling, request.model or None, max(request.n, 1), session_id)
-
-
-def to_response(completions: Sequence[Completion], *, model: str, replica: str) -> pb.ChatResponse:
-    """A ChatResponse holding every choice; its latency is the slowest choice's."""
-    return pb.ChatResponse(
-        id=f"chat-{uuid.uuid4().hex}",
-        model=model,
-        choices=[_choice(i, c) for i, c in enumerate(completions)],
-        latency_s=max((c.latency_s for c in completions), default=0.0),
-        replica=replica,
-    )
-
-
-def from_response(response: pb.ChatResponse, latency_s: float | None = None) -> list[Completion]:
-    """Completions of a ChatResponse, in choice order; ``latency_s`` overrides the server's (the caller's view)."""
-    latency = response.latency_s if latency_s is None else latency_s
-    choices = sorted(response.choices, key=lambda c: c.index)
-    return [_completion(c, latency, response.replica) for c in choices]
-
-
-def to_chunk(delta: Delta, replica: str) -> pb.ChatChunk:
-    finish = _choice(delta.index, delta.completion) if delta.completion is not None else None
-    return pb.ChatChunk(index=delta.index, text=delta.text, finish=finish, replica=replica)
-
-
-def from_chunk(chunk: pb.ChatChunk, latency_s: float) -> Delta:
-    completion = _completion(chunk.finish, latency_s, chunk.replica) if chunk.HasField("finish") else None
-    return Delta(chunk.index, chunk.text, completion)
-
-
-def _choice(index: int, completion: Completion) -> pb.Choice:
-    return pb.Choice(
-        index=index,
-        text=completion.text,
-        finish_reason=completion.finish_reason,
-        prompt_tokens=completion.prompt_tokens,
-        completion_tokens=completion.completion_tokens,
-        cached_prompt_tokens=completion.cached_prompt_tokens,
-    )
-
-
-def _completion(choice: pb.Choice, latency_s: float, replica: str) -> Completion:
-    return Completion(
-        text=choice.text,
-        finish_reason=choice.finish_reason,
-        prompt_tokens=choice.prompt_tokens,
-        completion_tokens=choice.completion_tokens,
-        latency_s=latency_s,
-        cached_prompt_tokens=choice.cached_prompt_tokens,
-        replica=replica or None,
-    )
-
-
-def _invalid(details: str) -> RpcAbort:
-    return RpcAbort(grpc.StatusCode.INVALID_ARGUMENT, details)
+from coral.backends.base import BackendError, ChatBackend, ChatRequest, InvalidRequestError, stream_chat
+from coral.wire import coral_chat_pb2 as pb
+from coral.wire import coral_chat_pb2_grpc as pb_grpc
+from coral.wire.codec import CHANNEL_OPTIONS, Metadata, RpcAbort, from_request, invalid, to_chunk, to_response
 
 
 # ----------------------------------------------------------------------------------------------- the service
@@ -201,22 +54,18 @@ class ChatServicer(pb_grpc.CoralChatServicer):
     # -------------------------------------------------------------------- transport-free logic
     async def respond(self, request: pb.ChatRequest, metadata: Metadata = ()) -> pb.ChatResponse:
         """Answer a unary Chat call; failures raise RpcAbort."""
-        name, call = self._accept(request, metadata)
+        name, chat = self._accept(request, metadata)
         try:
-            completions = await self.backend.chat(
-                call.messages, call.sampling, model=call.model, n=call.n, session_id=call.session_id
-            )
+            completions = await self.backend.chat(chat)
         except Exception as exc:  # noqa: BLE001 - every failure becomes a status the client can act on
             raise _status(exc) from exc
         return to_response(completions, model=name, replica=self.replica)
 
     async def stream(self, request: pb.ChatRequest, metadata: Metadata = ()) -> AsyncIterator[pb.ChatChunk]:
         """Answer a ChatStream call chunk by chunk; failures raise RpcAbort."""
-        _, call = self._accept(request, metadata)
+        _, chat = self._accept(request, metadata)
         replica = self.replica
-        pieces = stream_chat(
-            self.backend, call.messages, call.sampling, model=call.model, n=call.n, session_id=call.session_id
-        )
+        pieces = stream_chat(self.backend, chat)
         try:
             async for delta in pieces:
                 yield to_chunk(delta, replica)
@@ -225,18 +74,18 @@ class ChatServicer(pb_grpc.CoralChatServicer):
         finally:
             await pieces.aclose()  # a cancelled call frees the backend at once
 
-    def _accept(self, request: pb.ChatRequest, metadata: Metadata) -> tuple[str, ChatCall]:
-        """Check the token and the request; returns the served model name and the call for the backend."""
+    def _accept(self, request: pb.ChatRequest, metadata: Metadata) -> tuple[str, ChatRequest]:
+        """Check the token and the request; returns the served model name and the request for the backend."""
         pairs = dict(metadata)
         self._authorize(pairs)
-        call = from_request(request, pairs.items())
+        chat = from_request(request, pairs.items())
         if self._served is None:
-            return call.model or str(getattr(self.backend, "model", "") or ""), call
-        name = call.model or next(iter(self._served))
+            return chat.model or str(getattr(self.backend, "model", "") or ""), chat
+        name = chat.model or next(iter(self._served))
         if name not in self._served:
             details = f"ChatRequest.model: {name!r} is not served here (served: {', '.join(self._served)})"
             raise RpcAbort(grpc.StatusCode.NOT_FOUND, details)
-        return name, replace(call, model=self._served[name])
+        return name, replace(chat, model=self._served[name])
 
     def _authorize(self, metadata: dict[str, str]) -> None:
         if self._token is None:
@@ -279,7 +128,7 @@ def _status(exc: Exception) -> RpcAbort:
     if isinstance(exc, BackendError) and exc.retryable:
         return RpcAbort(grpc.StatusCode.UNAVAILABLE, str(exc))
     if isinstance(exc, InvalidRequestError):
-        return _invalid(f"ChatRequest.{exc.param or 'messages'}: {exc}")
+        return invalid(f"ChatRequest.{exc.param or 'messages'}: {exc}")
     return RpcAbort(grpc.StatusCode.INTERNAL, f"{type(exc).__name__}: {exc}")
 
 

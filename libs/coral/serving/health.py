@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from coral.backends.base import ChatRequest
 from coral.sampling import SamplingParams
 from coral.serving.cluster import ClusterState, HeadInfo, alive_nodes, job_states
 from coral.serving.deploy import serve_details
@@ -51,7 +52,7 @@ async def acheck_health(target: str, *, prompt: str = HEALTH_PROMPT, max_tokens:
         return HealthReport(target, ok=False, error=str(exc))
     try:
         sampling = SamplingParams(temperature=0.0, max_tokens=max_tokens, seed=0)
-        completion = (await backend.chat([{"role": "user", "content": prompt}], sampling))[0]
+        completion = (await backend.chat(ChatRequest([{"role": "user", "content": prompt}], sampling)))[0]
         return HealthReport(target, ok=True, answer=completion.text, latency_s=time.perf_counter() - started,
                             replica=completion.replica)
     except Exception as exc:  # noqa: BLE001 - any failure is the report, not a crash of the checker

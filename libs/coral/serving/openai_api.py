@@ -36,7 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from coral.backends.base import BackendError, ChatBackend, Completion, Delta, stream_chat
+from coral.backends.base import BackendError, ChatBackend, ChatRequest, Completion, Delta, stream_chat
 from coral.backends.http import REPLICA_HEADER, SESSION_HEADER
 from coral.sampling import SamplingParams
 
@@ -184,22 +184,17 @@ def build_openai_app(
         if body.model not in served:
             known = ", ".join(served)
             raise APIError(404, f"The model `{body.model}` does not exist (served: {known})", "invalid_request_error", "model_not_found", "model")
-        call = _Call(
-            backend,
-            body.chat_messages(),
-            body.sampling(),
-            served[body.model],
-            body.n,
-            request.headers.get(SESSION_HEADER),
+        chat = ChatRequest(
+            body.chat_messages(), body.sampling(), served[body.model], body.n, request.headers.get(SESSION_HEADER)
         )
         answer = _AnswerShape(f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), body.model, replica_name())
         headers = {REPLICA_HEADER: answer.replica}
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
-            events = await _stream_events(call, answer, include_usage)
+            events = await _stream_events(stream_chat(backend, chat), answer, include_usage)
             return StreamingResponse(events, media_type="text/event-stream", headers=headers)
         try:
-            completions = await _unless_disconnected(request, call.run())
+            completions = await _unless_disconnected(request, backend.chat(chat))
         except _ClientGone:
             log.info("client left before its answer; generation cancelled")
             return Response(status_code=499)  # nginx's "client closed request": nobody reads it
@@ -322,24 +317,6 @@ def _backend_failure(exc: BackendError) -> APIError:
 
 
 @dataclass(frozen=True)
-class _Call:
-    """One backend request, to run whole or as a stream."""
-
-    backend: ChatBackend
-    messages: list[dict[str, str]]
-    sampling: SamplingParams
-    model: str
-    n: int
-    session_id: str | None
-
-    async def run(self) -> list[Completion]:
-        return await self.backend.chat(self.messages, self.sampling, model=self.model, n=self.n, session_id=self.session_id)
-
-    def stream(self) -> AsyncIterator[Delta]:
-        return stream_chat(self.backend, self.messages, self.sampling, model=self.model, n=self.n, session_id=self.session_id)
-
-
-@dataclass(frozen=True)
 class _AnswerShape:
     """Builds the OpenAI JSON of one answer: the whole chat.completion, or its stream of chunks."""
 
@@ -388,13 +365,12 @@ def _sse(payload: dict[str, Any]) -> str:
     return f"data: {json.dumps(payload)}\n\n"
 
 
-async def _stream_events(call: _Call, answer: _AnswerShape, include_usage: bool) -> AsyncIterator[str]:
-    """Server-sent events for one request, ending with ``data: [DONE]``.
+async def _stream_events(pieces: AsyncIterator[Delta], answer: _AnswerShape, include_usage: bool) -> AsyncIterator[str]:
+    """Server-sent events for a request's stream of ``pieces``, ending with ``data: [DONE]``.
 
     The first piece is awaited before the response starts, so a request that fails at once gets a proper HTTP
     status; a failure later in the stream can only be reported as an error event.
     """
-    pieces = call.stream()
     try:
         first = await anext(pieces, None)
     except BackendError as exc:

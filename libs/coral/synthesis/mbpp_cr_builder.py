@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from coral.backends.base import BackendError, ChatBackend, Message
+from coral.backends.base import BackendError, ChatBackend, ChatRequest, Message
 from coral.errors import DataError
 from coral.sampling import SamplingParams
 from coral.sandbox import SandboxLimits, check_solution_async, describe_isolation
@@ -166,7 +166,7 @@ async def _sample(row: dict[str, Any], index: int, backend: ChatBackend, model: 
     task_id = row["task_id"]
     sample_seed = derive_seed(seed, task_id, index)
     try:
-        [completion] = await backend.chat(solution_messages(row), sampling.with_seed(sample_seed), model=model)
+        [completion] = await backend.chat(ChatRequest(solution_messages(row), sampling.with_seed(sample_seed), model))
     except BackendError as exc:
         log.warning("MBPP task %s sample %d: request failed: %s", task_id, index, exc)
         return None

@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from coral.serving.proto import coral_chat_pb2 as coral_dot_serving_dot_proto_dot_coral__chat__pb2
+from coral.wire import coral_chat_pb2 as coral_dot_wire_dot_coral__chat__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -18,7 +18,7 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in coral/serving/proto/coral_chat_pb2_grpc.py depends on'
+        + ' but the generated code in coral/wire/coral_chat_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
@@ -36,13 +36,13 @@ class CoralChatStub:
         """
         self.Chat = channel.unary_unary(
                 '/coral.chat.v1.CoralChat/Chat',
-                request_serializer=coral_dot_serving_dot_proto_dot_coral__chat__pb2.ChatRequest.SerializeToString,
-                response_deserializer=coral_dot_serving_dot_proto_dot_coral__chat__pb2.ChatResponse.FromString,
+                request_serializer=coral_dot_wire_dot_coral__chat__pb2.ChatRequest.SerializeToString,
+                response_deserializer=coral_dot_wire_dot_coral__chat__pb2.ChatResponse.FromString,
                 _registered_method=True)
         self.ChatStream = channel.unary_stream(
                 '/coral.chat.v1.CoralChat/ChatStream',
-                request_serializer=coral_dot_serving_dot_proto_dot_coral__chat__pb2.ChatRequest.SerializeToString,
-                response_deserializer=coral_dot_serving_dot_proto_dot_coral__chat__pb2.ChatChunk.FromString,
+                request_serializer=coral_dot_wire_dot_coral__chat__pb2.ChatRequest.SerializeToString,
+                response_deserializer=coral_dot_wire_dot_coral__chat__pb2.ChatChunk.FromString,
                 _registered_method=True)
 
 
@@ -68,13 +68,13 @@ def add_CoralChatServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'Chat': grpc.unary_unary_rpc_method_handler(
                     servicer.Chat,
-                    request_deserializer=coral_dot_serving_dot_proto_dot_coral__chat__pb2.ChatRequest.FromString,
-                    response_serializer=coral_dot_serving_dot_proto_dot_coral__chat__pb2.ChatResponse.SerializeToString,
+                    request_deserializer=coral_dot_wire_dot_coral__chat__pb2.ChatRequest.FromString,
+                    response_serializer=coral_dot_wire_dot_coral__chat__pb2.ChatResponse.SerializeToString,
             ),
             'ChatStream': grpc.unary_stream_rpc_method_handler(
                     servicer.ChatStream,
-                    request_deserializer=coral_dot_serving_dot_proto_dot_coral__chat__pb2.ChatRequest.FromString,
-                    response_serializer=coral_dot_serving_dot_proto_dot_coral__chat__pb2.ChatChunk.SerializeToString,
+                    request_deserializer=coral_dot_wire_dot_coral__chat__pb2.ChatRequest.FromString,
+                    response_serializer=coral_dot_wire_dot_coral__chat__pb2.ChatChunk.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -102,8 +102,8 @@ class CoralChat:
             request,
             target,
             '/coral.chat.v1.CoralChat/Chat',
-            coral_dot_serving_dot_proto_dot_coral__chat__pb2.ChatRequest.SerializeToString,
-            coral_dot_serving_dot_proto_dot_coral__chat__pb2.ChatResponse.FromString,
+            coral_dot_wire_dot_coral__chat__pb2.ChatRequest.SerializeToString,
+            coral_dot_wire_dot_coral__chat__pb2.ChatResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -129,8 +129,8 @@ class CoralChat:
             request,
             target,
             '/coral.chat.v1.CoralChat/ChatStream',
-            coral_dot_serving_dot_proto_dot_coral__chat__pb2.ChatRequest.SerializeToString,
-            coral_dot_serving_dot_proto_dot_coral__chat__pb2.ChatChunk.FromString,
+            coral_dot_wire_dot_coral__chat__pb2.ChatRequest.SerializeToString,
+            coral_dot_wire_dot_coral__chat__pb2.ChatChunk.FromString,
             options,
             channel_credentials,
             insecure,
