@@ -25,12 +25,12 @@ from types import FrameType
 from typing import Literal
 
 from lightning.pytorch import LightningModule
-from tqdm import tqdm
 
 from coral.backends import ChatBackend, EmbeddedBackend, EngineConfig
 from coral.backends.models import DEFAULT_MODEL
 from coral.beliefs import BeliefExtractor
 from coral.conversation import PROTOCOLS, Agent, AgentSpec, ConversationRunner, Protocol, RetryPolicy, RunSettings
+from coral.conversation.progress import Progress, ProgressReporter
 from coral.conversation.tree import strategy
 from coral.errors import ConfigError
 from coral.metrics import summary_table, write_metrics
@@ -95,6 +95,8 @@ class InteractionModule(LightningModule):
         compat_metrics: compute metrics with the reference's definitions instead of the corrected ones.
         retry_errors: also redo the conversations of the results folder that ended in an error; each new record
             replaces the errored one (the default resumes only keys with no record at all).
+        progress_every_s: seconds between progress lines when stderr is not a terminal (a Slurm job's log) and
+            between those logged by ``coral.conversation.progress``; a terminal shows one line redrawn in place.
     """
 
     def __init__(
@@ -120,6 +122,7 @@ class InteractionModule(LightningModule):
         retry: RetryPolicy = RetryPolicy(),
         compat_metrics: bool = False,
         retry_errors: bool = False,
+        progress_every_s: float = 30.0,
     ) -> None:
         super().__init__()
         counts = {"max_turns": max_turns, "sampling_n": sampling_n, "beam_size": beam_size,
@@ -207,7 +210,8 @@ class InteractionModule(LightningModule):
     def config_hash(self) -> str:
         """Identifies what shapes the records; concurrency, timeouts and engine limits do not."""
         hp = dict(self.hparams)
-        for key in ("max_n_processes", "request_timeout", "engine", "retry", "compat_metrics", "retry_errors"):
+        for key in ("max_n_processes", "request_timeout", "engine", "retry", "compat_metrics", "retry_errors",
+                    "progress_every_s"):
             hp.pop(key, None)
         for key, default in _ADDED_LATER.items():
             if hp.get(key) == default:
@@ -242,11 +246,9 @@ class InteractionModule(LightningModule):
             redo = f" ({errored} ended in an error; --model.retry_errors true redoes them)" if errored else ""
             print(f"nothing to run: all {done} conversations are already stored in {self.results_dir}{redo}")
             return
-        progress = tqdm(total=len(work) + done, initial=done, desc="conversations", disable=self.global_rank != 0)
-        try:
-            asyncio.run(self._run(runner, work, on_done=lambda record: progress.update()))
-        finally:
-            progress.close()
+        progress = Progress(total=len(work) + done, done=done)
+        with ProgressReporter(progress, self.hparams.progress_every_s, silent=self.global_rank != 0) as reporter:
+            asyncio.run(self._run(runner, work, on_done=reporter.update))
         if self.trainer.received_sigterm:
             self.unfinished += len(runner.pending(shard, self.hparams.sampling_n))
 
