@@ -78,16 +78,29 @@ def opening_lead(verb: str, posed: bool) -> str:
     return f"I would like you to try and {verb}" if posed else f"I'm trying to {verb}"
 
 
+def parse_json(text: str, path: object, line: int | None = None) -> Any:
+    """``text`` as JSON; else a DataError naming the file and the line (``line``, or the error's line in ``text``).
+
+    Besides invalid JSON, the decoder fails on nesting deeper than Python's recursion limit and on a number of more
+    than 4,300 digits (the limit of ``int``); both are data errors too.
+    """
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise DataError(path, exc.lineno if line is None else line, None, f"not valid JSON ({exc.msg})") from None
+    except RecursionError:
+        raise DataError(path, line, None, "not valid JSON (nested too deeply)") from None
+    except ValueError:
+        raise DataError(path, line, None, "not valid JSON (a number has more than 4,300 digits)") from None
+
+
 def read_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """Yield (line number, object) for each non-blank line; a line that is not a JSON object fails fast."""
     with reading(path), open(path, encoding="utf-8") as handle:
         for number, line in enumerate(handle, start=1):
             if not line.strip():
                 continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(path, number, None, f"not valid JSON ({exc.msg})") from None
+            row = parse_json(line, path, number)
             if not isinstance(row, dict):
                 raise DataError(path, number, None, "expected a JSON object")
             yield number, row

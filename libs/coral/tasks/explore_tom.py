@@ -82,14 +82,18 @@ def _read_csv(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """Yield (first physical line, row); stories span several lines, so the record's own line is reported."""
     with open(path, encoding="utf-8", newline="") as handle:
         reader = csv.DictReader(handle)
-        if reader.fieldnames is None:
-            raise DataError(path, 1, None, "empty file (no header)")
-        start = reader.line_num + 1
-        for row in reader:
-            if None in row:
-                raise DataError(path, start, None, "more values than header columns")
-            yield start, row
+        start = 1
+        try:
+            if reader.fieldnames is None:
+                raise DataError(path, 1, None, "empty file (no header)")
             start = reader.line_num + 1
+            for row in reader:
+                if None in row:
+                    raise DataError(path, start, None, "more values than header columns")
+                yield start, row
+                start = reader.line_num + 1
+        except csv.Error as exc:  # e.g. a cell past the csv module's limit of 131,072 characters
+            raise DataError(path, start, None, f"not valid CSV ({exc})") from None
 
 
 def _non_empty(row: dict[str, Any], name: str, path: Path, line: int) -> str:

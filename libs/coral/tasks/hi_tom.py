@@ -18,7 +18,6 @@ questions each, the paper's Hi-ToM size).
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,7 +25,7 @@ from typing import Any
 
 from coral.errors import DataError
 from coral.tasks import instructions
-from coral.tasks.base import NOT_SURE, TASKS, Example, require
+from coral.tasks.base import NOT_SURE, TASKS, Example, parse_json, require
 from coral.tasks.judge_prompt import judge_messages
 from coral.tasks.multiple_choice import ANSWER_FORMAT as LETTER_ANSWER_FORMAT
 from coral.tasks.multiple_choice import LETTERS, format_options, letters, parse_judge_letter, parse_stated_letter
@@ -85,10 +84,7 @@ class HiToMTask(ShortAnswerTask):
     # -- loader ------------------------------------------------------------------------------------------
 
     def load(self, path: str | Path) -> Iterator[Example]:
-        try:
-            document = json.loads(Path(path).read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            raise DataError(path, exc.lineno, None, f"not valid JSON ({exc.msg})") from None
+        document = parse_json(Path(path).read_text(encoding="utf-8"), path)
         records = document.get("data") if isinstance(document, dict) else None
         if not isinstance(records, list):
             raise DataError(path, None, "data", 'expected an object {"data": [record, ...]}')

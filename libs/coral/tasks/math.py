@@ -16,14 +16,24 @@ since the grader here is math-verify either way.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from coral.errors import DataError
-from coral.tasks.base import NOT_SURE, TASKS, Example, Task, opening_lead, read_jsonl, require, stable_id, unique_ids
+from coral.tasks.base import (
+    NOT_SURE,
+    TASKS,
+    Example,
+    Task,
+    opening_lead,
+    parse_json,
+    read_jsonl,
+    require,
+    stable_id,
+    unique_ids,
+)
 from coral.tasks.boxed import iter_boxed, last_boxed
 from coral.tasks.judge_prompt import judge_messages
 from coral.tasks.math_equivalence import MathEquivalence
@@ -76,10 +86,7 @@ class MathTask(Task):
         return Example(id=example_id, task=self.name, question=problem, answer=answer.strip(), source=row)
 
     def _from_problem_file(self, path: Path) -> Example:
-        try:
-            row = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            raise DataError(path, exc.lineno, None, f"not valid JSON ({exc.msg})") from None
+        row = parse_json(path.read_text(encoding="utf-8"), path)
         if not isinstance(row, dict):
             raise DataError(path, None, None, "expected a JSON object")
         problem = _non_empty(row, "problem", path, None)

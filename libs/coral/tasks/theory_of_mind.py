@@ -21,7 +21,7 @@ from typing import ClassVar
 
 from coral.tasks.base import NOT_SURE, Example, Task
 from coral.tasks.judge_prompt import judge_messages
-from coral.tasks.parsing import reply_head, turn_tail
+from coral.tasks.parsing import PARSE_WINDOW, reply_head, turn_tail
 
 ANSWER_FORMAT = 'Put your final answer to the question at the end as "Short Answer: {answer}"'
 EXTRACTION_INSTRUCTION = f'Extract the final answer which should be less than five words, or say "{NOT_SURE}".'
@@ -49,7 +49,13 @@ def normalize_answer(text: str) -> str:
 
 
 def same_answer(a: str, b: str) -> bool:
-    """The corrected, symmetric match between two answers; "not sure" and empty answers match nothing."""
+    """The corrected, symmetric match between two answers; "not sure" and empty answers match nothing.
+
+    An answer longer than a parser ever reads (``PARSE_WINDOW``) is no short answer: it equals only itself, and
+    costs no normalisation.
+    """
+    if len(a) > PARSE_WINDOW or len(b) > PARSE_WINDOW:
+        return a == b
     a, b = normalize_answer(a), normalize_answer(b)
     if not a or not b or a in UNSURE or b in UNSURE:
         return False
