@@ -15,6 +15,7 @@ import sys
 
 import psutil
 import pytest
+
 from coral.serving import cli
 from coral.serving.cluster import (
     ClusterState,
@@ -83,8 +84,8 @@ def test_local_cluster_serves_checks_and_stops(cluster, capsys):
     assert sorted(node["resources_total"].get("CPU", 0) for node in nodes) == [0, 1]
 
     # the ray CLI reaches it with the environment start_cluster prints (on loopback, not by default)
-    shown = subprocess.run(f"{head.ray_cli_env} {sys.executable} -m ray.scripts.scripts status --address {head.address}",
-                           shell=True, capture_output=True, text=True, timeout=120, check=False)
+    command = f"{head.ray_cli_env} {sys.executable} -m ray.scripts.scripts status --address {head.address}"
+    shown = subprocess.run(command, shell=True, capture_output=True, text=True, timeout=120, check=False)
     assert shown.returncode == 0 and "Node status" in shown.stdout, shown.stderr[-2000:]
 
     # a second start finds the running head and adds nothing

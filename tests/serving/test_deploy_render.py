@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 import ray
 import yaml
+from ray.serve.schema import ServeDeploySchema
+
 from coral.errors import ConfigError
 from coral.serving import cli
 from coral.serving.cluster import (
@@ -35,7 +37,6 @@ from coral.serving.deploy import (
     save_deployment,
 )
 from coral.serving.endpoints import UnknownEndpoint, backend_for, resolve
-from ray.serve.schema import ServeDeploySchema
 
 ROOT = Path(__file__).resolve().parents[2]
 PROXY = ProxyOptions(http_port=18000, grpc_port=19000)

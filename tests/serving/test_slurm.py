@@ -21,6 +21,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+
 from coral.serving.cluster import (
     ClusterState,
     free_ports,

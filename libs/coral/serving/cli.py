@@ -83,6 +83,7 @@ def _common() -> argparse.ArgumentParser:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``coral-serve`` parser: one subcommand per verb, the cluster flags shared."""
     parser = argparse.ArgumentParser(
         prog="coral-serve", description="Start a Ray cluster (here or on Slurm), deploy models on it, check them, "
         "stop it; or serve one model locally without Ray.", epilog=EXAMPLES,

@@ -27,6 +27,7 @@ from coral.serving.cluster.state import ClusterError, ClusterState, HeadInfo
 
 
 def start_local_head(state: ClusterState, options: LocalOptions, with_workers: bool, timeout_s: float) -> HeadInfo:
+    """Start the head here and record it; beside workers it offers Ray no GPUs and (by default) no CPUs."""
     head_cpus = options.head_cpus if options.head_cpus is not None else (0 if with_workers else os.cpu_count())
     log = state.logs / "head.log"
     process, head = start_head_process(
@@ -45,6 +46,7 @@ def start_local_head(state: ClusterState, options: LocalOptions, with_workers: b
 
 def add_local_workers(state: ClusterState, head: HeadInfo, options: LocalOptions, count: int,
                       timeout_s: float) -> None:
+    """Start ``count`` workers here joined to ``head``, and wait until every one is alive in the cluster."""
     labels = new_labels(count)
     records = []
     for label in labels:

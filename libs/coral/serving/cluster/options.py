@@ -76,6 +76,7 @@ class LocalOptions:
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> LocalOptions:
+        """Options from a mapping (``--local``, a ``head.json``); an unknown key is named with the closest one."""
         known = [f.name for f in dataclasses.fields(cls)]
         for key in values:
             if key not in known:
@@ -117,6 +118,7 @@ class SlurmJobOptions:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        """Check every bound now, so a wrong option fails before a job is submitted."""
         for name, low in (("nodes", 1), ("tasks_per_node", 1), ("cpus_per_task", 1), ("gpus_per_node", 0),
                           ("timeout_min", 1)):
             value = getattr(self, name)
@@ -191,6 +193,7 @@ class SlurmClusterOptions(SlurmJobOptions):
     http_host: str = "0.0.0.0"
 
     def __post_init__(self) -> None:
+        """Check the cluster's own options too."""
         super().__post_init__()
         _check(_is_int(self.head_cpus_per_task, 1), "slurm.head_cpus_per_task", "an integer >= 1",
                self.head_cpus_per_task)

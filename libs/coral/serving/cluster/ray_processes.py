@@ -116,6 +116,7 @@ def start_head_process(host: str, dashboard_host: str, num_cpus: float | None, n
 
 
 def wait_for_head(head: HeadInfo, process: subprocess.Popen, log: Path, timeout_s: float) -> None:
+    """Wait until the head answers; fail with its log's end when it exits or does not answer in time."""
     deadline = time.monotonic() + timeout_s
     while not head.reachable():
         if process.poll() is not None:
@@ -133,10 +134,12 @@ def worker_command(address: str, num_cpus: float | None, num_gpus: float | None,
 
 
 def new_labels(count: int) -> list[str]:
+    """Fresh node labels, one per worker to start."""
     return [f"w{uuid.uuid4().hex[:12]}" for _ in range(count)]
 
 
 def tail(path: Path, lines: int = 30) -> str:
+    """The end of a log, for an error message."""
     try:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
     except OSError:
@@ -173,6 +176,7 @@ def session_processes(sid: int) -> list[psutil.Process]:
 
 
 def kill_session(sid: int) -> None:
+    """SIGKILL whatever is left of session ``sid`` and wait for it to go."""
     leftovers = session_processes(sid)
     for process in leftovers:
         with contextlib.suppress(psutil.Error):

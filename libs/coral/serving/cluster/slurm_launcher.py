@@ -30,7 +30,7 @@ from coral.serving.cluster.state import HEAD_FILE, ClusterError, ClusterState, H
 
 
 def slurm_parameters(options: SlurmJobOptions) -> dict[str, Any]:
-    """submitit parameters for one job: ``options``' own, and the partition's time limit unless one is set."""
+    """Submitit parameters for one job: ``options``' own, and the partition's time limit unless one is set."""
     params = options.submitit_parameters()
     if "timeout_min" not in params and "slurm_time" not in params:
         params["timeout_min"] = _partition_time_limit_min(params.get("slurm_partition"))
@@ -64,7 +64,7 @@ def _slurm_minutes(limit: str) -> int | None:
     return int(days or 0) * 24 * 60 + hours * 60 + minutes
 
 
-def _executor(state: ClusterState, options: SlurmJobOptions, name: str):
+def _executor(state: ClusterState, options: SlurmJobOptions, name: str) -> Any:
     import submitit
 
     executor = submitit.AutoExecutor(folder=state.folder / "submitit" / "%j", cluster="slurm")
@@ -123,6 +123,7 @@ def slurm_worker_job(state_folder: str, label: str) -> int:
 
 def start_slurm_head(state: ClusterState, options: SlurmClusterOptions, with_workers: bool,
                      timeout_s: float) -> HeadInfo:
+    """Submit the head's job and wait until the ``head.json`` it writes names a head that answers."""
     state.new_token()
     job_options = options.head_job() if with_workers else options  # the head does no model work: no GPUs
     job = _executor(state, job_options, "coral-ray-head").submit(
@@ -146,6 +147,7 @@ def start_slurm_head(state: ClusterState, options: SlurmClusterOptions, with_wor
 
 def add_slurm_workers(state: ClusterState, head: HeadInfo, options: SlurmClusterOptions, count: int,
                       timeout_s: float) -> None:
+    """Submit ``count`` worker jobs and wait until every one has joined the cluster."""
     executor = _executor(state, options, "coral-ray-worker")
     labels = new_labels(count)
     batch = executor.batch() if options.use_array else contextlib.nullcontext()

@@ -67,13 +67,17 @@ class HeadInfo:
 
     @property
     def ray_cli_env(self) -> str:
-        """What the ``ray`` CLI needs in its environment to reach this cluster: the token, and on loopback the
-        switch that stops it swapping 127.0.0.1 for the machine's address (see ``ray_processes._LOOPBACK_RAY``)."""
+        """What the ``ray`` CLI needs in its environment to reach this cluster.
+
+        The token, and on loopback the switch that stops it swapping 127.0.0.1 for the machine's address (see
+        ``ray_processes._LOOPBACK_RAY``).
+        """
         env = f"RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH={self.token_file}"
         return f"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 {env}" if self.host in LOOPBACK else env
 
     @property
     def dashboard_url(self) -> str:
+        """The dashboard's base URL (REST API and web UI)."""
         return f"http://{self.host}:{self.dashboard_port}"
 
     def dashboard(self, path: str, *, method: str = "GET", body: Any = None, timeout_s: float = 10.0) -> Any:
@@ -117,22 +121,27 @@ class ClusterState:
 
     @property
     def head_file(self) -> Path:
+        """``head.json``: the running head (``HeadInfo``)."""
         return self.folder / HEAD_FILE
 
     @property
     def jobs_file(self) -> Path:
+        """``jobs.json``: every process or Slurm job this cluster started."""
         return self.folder / JOBS_FILE
 
     @property
     def deployment_file(self) -> Path:
+        """``deployment.yaml``: the Ray Serve config of the deployed applications."""
         return self.folder / DEPLOYMENT_FILE
 
     @property
     def logs(self) -> Path:
+        """The local Ray processes' logs (kept when the cluster stops)."""
         return self.folder / "logs"
 
     @property
     def token_file(self) -> Path:
+        """The cluster's Ray authentication token."""
         return self.folder / "ray_token"
 
     def new_token(self) -> Path:
@@ -149,6 +158,7 @@ class ClusterState:
         return self.token_file
 
     def read_head(self) -> HeadInfo | None:
+        """The recorded head, None when there is none; an unreadable ``head.json`` is an error."""
         if not self.head_file.exists():
             return None
         try:
@@ -165,12 +175,15 @@ class ClusterState:
         return head
 
     def write_head(self, head: HeadInfo) -> None:
+        """Record the head (atomically: the CLI may be polling for it)."""
         write_json(self.head_file, dataclasses.asdict(head))
 
     def read_jobs(self) -> list[dict[str, Any]]:
+        """What this cluster started: one record per local process or Slurm job."""
         return json.loads(self.jobs_file.read_text()) if self.jobs_file.exists() else []
 
     def add_jobs(self, records: list[dict[str, Any]]) -> None:
+        """Record newly started processes or jobs, so stopping the cluster finds them."""
         write_json(self.jobs_file, self.read_jobs() + records)
 
     def clear(self) -> None:
