@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from coral.serving.cluster.options import SlurmJobOptions
+from coral.serving.cluster import SlurmJobOptions
 from coral.store import read_records
 from coral.synthesis.formats import KINDS, dataset_is_complete
 from coral.synthesis.preferences import PairSettings
