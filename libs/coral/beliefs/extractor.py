@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from coral.backends.base import BackendError, ChatBackend, ChatRequest, Completion
 from coral.backends.retry import RetryPolicy, Tries, call_with_retries, describe
+from coral.records import BeliefMethod
 from coral.sampling import SamplingParams
 from coral.tasks.base import Example, Task
 
@@ -32,7 +33,7 @@ class Extraction:
     """
 
     belief: str | None
-    method: str  # "rule" | "judge" | "none"
+    method: BeliefMethod
     error: str | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0

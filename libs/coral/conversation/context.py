@@ -18,7 +18,7 @@ from coral.beliefs import BeliefExtractor
 from coral.conversation.agent import Agent
 from coral.conversation.settings import RunSettings
 from coral.conversation.tree import continue_with, strategy
-from coral.records import ConversationRecord, Turn, Usage
+from coral.records import ConversationRecord, StopReason, Turn, Usage
 from coral.seeding import SeedPrefix
 from coral.tasks.base import Example, Task
 
@@ -131,7 +131,7 @@ class ConversationContext:
             return False
         return await self.task.agree(a.belief, b.belief, self.example)
 
-    def record(self, protocol: str, turns: list[Turn], stop_reason: str) -> ConversationRecord:
+    def record(self, protocol: str, turns: list[Turn], stop_reason: StopReason) -> ConversationRecord:
         return ConversationRecord(
             example_id=self.example.id,
             sample_index=self.sample_index,

@@ -11,7 +11,7 @@ from typing import ClassVar
 
 from coral.backends.base import Message
 from coral.conversation.context import ConversationContext
-from coral.records import ConversationRecord, Turn
+from coral.records import ConversationRecord, StopReason, Turn
 from coral.registry import Registry
 
 PROTOCOLS: Registry[Protocol] = Registry("protocol")
@@ -65,7 +65,7 @@ class CoralProtocol(Protocol):
         answerer = next(s for s in speakers if s != self.asker)
         opening = ctx.task.opening_message(ctx.example, posed=self.posed)
         turns = [Turn(index=0, speaker=self.asker, text=opening, generated=False)]
-        stop_reason = "max_turns"
+        stop_reason: StopReason = "max_turns"
         for index in range(1, ctx.settings.max_turns + 1):
             speaker = answerer if turns[-1].speaker == self.asker else self.asker
             view = agent_view(ctx.agents[speaker].system_prompt, speaker, turns)

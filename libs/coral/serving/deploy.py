@@ -8,8 +8,8 @@ and the call waits until every application is RUNNING.
 
 Two engines:
 
-- ``embedded``: coral's in-process engine (CPU or GPU), ``coral.serving.apps:build_embedded_app``; serves the
-  OpenAI chat route and coral's gRPC service.
+- ``embedded``: coral's in-process engine (it loads the model on the CPU only),
+  ``coral.serving.apps:build_embedded_app``; serves the OpenAI chat route and coral's gRPC service.
 - ``vllm``: Ray Serve LLM's OpenAI app, ``ray.serve.llm:build_openai_app``, with prefix caching on and the
   prefix-cache-affinity request router. That module is only named here, never imported: it needs vLLM and GPUs.
 """

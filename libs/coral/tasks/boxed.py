@@ -3,7 +3,8 @@ r"""Find answers written in a LaTeX box (``\boxed{...}`` or ``\fbox{...}``), wit
 A regex cannot match nested braces (``\boxed{\frac{1}{2}}``), and the reference's greedy one-line regex ran past
 the box into whatever followed it; this scanner counts braces instead. It reads the text once, keeping the boxes
 still open on a stack: scanning forward from every ``\boxed{`` separately took quadratic time, 33 s on 32 KB of
-nested or unclosed boxes. Shared by MATH, GSM8K and the MATH task loader.
+nested or unclosed boxes. Shared by the MATH task (its loader reads the gold answer from a solution's last box;
+its belief and judge parsers) and the GSM8K task (belief and judge parsers).
 """
 
 from __future__ import annotations

@@ -1,9 +1,10 @@
 """What every multiple-choice task shares: lettered options, the "(B)" answer format, letter parsing and grading.
 
-MMLU-Pro uses it now; GPQA, CommonsenseQA and ANLI are meant to subclass ``MultipleChoiceTask`` and write only
-a loader. A belief is one uppercase letter, always checked against the example's number of choices: the
-reference kept every uppercase character of the extracted text, so "Error: extraction network error" read as
-"E" and was graded correct whenever the gold answer was E (reference 8.1.2).
+MMLU-Pro, GPQA, CommonsenseQA and ANLI subclass ``MultipleChoiceTask`` and write only a loader (ANLI also words
+its opening message); Hi-ToM's multiple-choice variant reuses ``ANSWER_FORMAT``. A belief is one uppercase
+letter, always checked against the example's number of choices: the reference kept every uppercase character of
+the extracted text, so "Error: extraction network error" read as "E" and was graded correct whenever the gold
+answer was E (reference 8.1.2).
 
 In compat mode the judge's reply is read as the reference read it (reference 3.3): "not sure yet" anywhere in
 the reply means unsure, even after a letter ("(C) but not sure yet"), and its first "(X)" is the belief even when
