@@ -10,23 +10,18 @@ from pathlib import Path
 
 import pytest
 
-from conftest import data_override
 from coral.store import read_records
 from lightning_modules.trainer import main
 
-pytestmark = pytest.mark.timeout(900)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 ROOT = Path(__file__).resolve().parents[2]
-RUNNABLE = sorted(
-    p for p in (ROOT / "configs").rglob("*.yaml")
-    if p.relative_to(ROOT / "configs").parts[0] not in ("common", "finetuning", "serving")
-)  # evaluation configs only: finetuning/ and serving/ hold the loop's and the cluster's own files
 
-@pytest.mark.parametrize("config", RUNNABLE, ids=lambda p: p.relative_to(ROOT / "configs").as_posix())
-def test_config_runs_end_to_end(config, tmp_path, monkeypatch):
+
+def test_config_runs_end_to_end(eval_config, data_override, tmp_path, monkeypatch):
     monkeypatch.chdir(ROOT)
     args = [
-        "validate", "--config", str(config),
+        "validate", "--config", str(eval_config),
         "--data.val_max_instances", "2",
         "--model.max_turns", "2",
         "--model.max_turn_tokens", "16",
@@ -34,7 +29,7 @@ def test_config_runs_end_to_end(config, tmp_path, monkeypatch):
         "--trainer.default_root_dir", str(tmp_path),
         "--trainer.logger", "false",
         "--trainer.enable_progress_bar", "false",
-    ] + data_override(config)  # fmt: skip
+    ] + data_override(eval_config)  # fmt: skip
     main(args)
     records = read_records(tmp_path)
     assert len(records) == 2

@@ -6,32 +6,27 @@ from pathlib import Path
 
 import pytest
 
-from conftest import data_override
 from coral.errors import DataError
 from lightning_modules.datasets import CoralDataModule, ValSetArgs
 from lightning_modules.models import InteractionModule
 from lightning_modules.trainer import main
 
 ROOT = Path(__file__).resolve().parents[2]
-RUNNABLE = sorted(
-    p for p in (ROOT / "configs").rglob("*.yaml")
-    if p.relative_to(ROOT / "configs").parts[0] not in ("common", "finetuning", "serving")
-)  # evaluation configs only: finetuning/ and serving/ hold the loop's and the cluster's own files
 
 
 def build(*args: str):
     return main(list(args), run=False)
 
 
-def test_there_are_configs_to_check():
-    names = {p.relative_to(ROOT / "configs").as_posix() for p in RUNNABLE}
+def test_there_are_configs_to_check(eval_configs):
+    names = {p.relative_to(ROOT / "configs").as_posix() for p in eval_configs}
     assert {"ts_math.yaml", "ts_mmlu_pro.yaml", "cot/cot_math.yaml", "cot/cot_mmlu_pro.yaml"} <= names
 
 
-@pytest.mark.parametrize("config", RUNNABLE, ids=lambda p: p.relative_to(ROOT).as_posix())
-def test_every_config_builds(config, tmp_path, monkeypatch):
+def test_every_config_builds(eval_config, data_override, tmp_path, monkeypatch):
     monkeypatch.chdir(ROOT)
-    cli = build("--config", str(config), "--trainer.default_root_dir", str(tmp_path), *data_override(config))
+    data = data_override(eval_config)
+    cli = build("--config", str(eval_config), "--trainer.default_root_dir", str(tmp_path), *data)
     assert isinstance(cli.model, InteractionModule) and isinstance(cli.datamodule, CoralDataModule)
     cli.datamodule.setup("validate")
     assert 0 < len(cli.datamodule.examples) <= (cli.datamodule.val_max_instances or 10**9)

@@ -11,14 +11,10 @@ import re
 from dataclasses import fields
 from pathlib import Path
 
-import pytest
-
-from conftest import data_override
 from coral.conversation import AgentSpec, RunSettings
 from lightning_modules.models import InteractionModule
 from lightning_modules.models.interaction import ExtractorConfig
 from lightning_modules.trainer import main
-from test_configs import RUNNABLE
 from test_interaction_asker import config_hash
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -80,13 +76,12 @@ GOLDEN_HASHES = {
 domain names inside: a results folder resumes only while its hash stays the same."""
 
 
-@pytest.mark.parametrize("config", RUNNABLE, ids=lambda p: p.relative_to(ROOT / "configs").as_posix())
-def test_existing_configs_keep_their_config_hash(config, monkeypatch):
+def test_existing_configs_keep_their_config_hash(eval_config, data_override, monkeypatch):
     monkeypatch.chdir(ROOT)
-    override = data_override(config)
+    override = data_override(eval_config)
     relative = [override[0], str(Path(override[1]).relative_to(ROOT))] if override else []
-    cli = main(["--config", str(config.relative_to(ROOT)), *relative], run=False)
-    assert config_hash(cli) == GOLDEN_HASHES[config.relative_to(ROOT / "configs").as_posix()]
+    cli = main(["--config", str(eval_config.relative_to(ROOT)), *relative], run=False)
+    assert config_hash(cli) == GOLDEN_HASHES[eval_config.relative_to(ROOT / "configs").as_posix()]
 
 
 def test_the_readme_names_each_reference_spelling_once_with_a_real_inside_name():
