@@ -11,7 +11,7 @@ from coral.backends import BackendError, ChatRequest, EmbeddedBackend, EngineCon
 from coral.backends.base import InvalidRequestError
 from coral.sampling import SamplingParams
 
-pytestmark = pytest.mark.timeout(600)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ import pytest
 from coral.backends import ChatRequest, EmbeddedBackend, EngineConfig
 from coral.sampling import SamplingParams
 
-pytestmark = pytest.mark.timeout(600)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 COLOURS = [{"role": "user", "content": "Name 3 colours."}]
 CHINESE = [{"role": "user", "content": "Translate to Chinese: I love cats."}]

@@ -60,6 +60,7 @@ def test_orchestration_section_has_rows_per_task_and_the_target():
 
 
 # ---------------------------------------------------------------------------------------------- 2. engine
+@pytest.mark.slow
 def test_offline_batch_replays_the_conversations_work(engine):
     sizes = engine_efficiency.Sizes(conversations=1, turns=3, tokens=3, concurrency=1, concurrent=2, request_tokens=3)
     result = engine_efficiency.measure(engine, sizes)
@@ -72,6 +73,7 @@ def test_offline_batch_replays_the_conversations_work(engine):
     assert result.efficiency > 0 and result.single_per_s > 0 and result.concurrent_per_s > 0
 
 
+@pytest.mark.slow
 def test_filler_prompt_has_the_asked_length(engine):
     engine_efficiency.warm_up(engine)
     tokenizer = engine.engine().tokenizer
@@ -91,6 +93,7 @@ def test_both_http_clients_complete_requests_against_a_server_process():
 
 
 # ---------------------------------------------------------------------------------------------- 4. prefix reuse
+@pytest.mark.slow
 def test_embedded_prefix_reuse_recomputes_part_of_what_is_sent(engine):
     result = prefix_reuse.measure_embedded(engine, prefix_reuse.Sizes(conversations=1, turns=3, tokens=4))
     assert 0 < result.recomputed < result.sent
@@ -152,6 +155,7 @@ def test_every_task_has_data_to_run_on():
         assert setup.data.exists(), name
 
 
+@pytest.mark.slow
 def test_extraction_run_on_the_real_model(engine):
     sizes = extraction_cost.Sizes(tasks=("mmlu_pro",), examples=1, turns=2, tokens=8)
     counts = extraction_cost.measure(engine, sizes)

@@ -176,6 +176,7 @@ def progress_lines(text: str) -> list[tuple[int, int, int, str]]:
     return [(int(m.group(1)), int(m.group(2)), int(m.group(4)), m.group(3)) for m in found if m]
 
 
+@pytest.mark.slow
 def test_validate_without_a_terminal_prints_plain_lines_with_the_right_counts_and_logs_them(model_url, tmp_path,
                                                                                            capfd):  # fmt: skip
     handler = logging.FileHandler(tmp_path / "run.log")  # how a program collects the lines in a log file

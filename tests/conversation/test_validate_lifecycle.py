@@ -26,7 +26,7 @@ from coral.serving.openai_api import build_openai_app
 from coral.store import StoreWriteError, read_records
 from lightning_modules.trainer import cli
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
 ROOT = Path(__file__).resolve().parents[2]
 COT = "configs/cot/cot_mmlu_pro.yaml"

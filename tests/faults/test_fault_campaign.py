@@ -33,7 +33,7 @@ from benchmarks.faults import (
     session_of,
 )
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
 EVALUATION = Evaluation(examples=12, samples=2, max_turns=4, concurrency=8)
 WAIT_S = 0.3

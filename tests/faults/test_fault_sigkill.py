@@ -27,7 +27,7 @@ from benchmarks.faults import (
     lost_and_duplicated,
 )
 
-pytestmark = pytest.mark.timeout(240)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
 KILLS = 20
 SEED = 16

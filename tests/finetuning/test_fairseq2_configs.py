@@ -274,6 +274,7 @@ def run_fs2(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run([FS2_PYTHON, *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=600)
 
 
+@pytest.mark.slow
 @real_fairseq2
 def test_real_fairseq2_accepts_every_preset_and_rejects_a_typo(tmp_path):
     files = [fs2.write_config(fs2.render_config(p, tmp_path / "data"), tmp_path / f"{p}.yaml") for p in fs2.PRESETS]
@@ -292,6 +293,7 @@ def test_real_fairseq2_accepts_every_preset_and_rejects_a_typo(tmp_path):
     assert not results["typo"]["ok"] and "criterion.config.betta" in results["typo"]["error"]
 
 
+@pytest.mark.slow
 @real_fairseq2
 def test_real_cli_merges_the_file_over_the_preset(tmp_path):
     cfg = fs2.write_config(fs2.render_config("dpo_70b", tmp_path / "data"), tmp_path / "dpo_70b.yaml")
@@ -340,6 +342,7 @@ with torch.no_grad():
 """
 
 
+@pytest.mark.slow
 @real_fairseq2
 def test_real_dpo_run_on_cpu_exports_to_an_equivalent_hf_checkpoint(tmp_path):
     """The dpo_8b config, shrunk to a tiny random Llama on CPU, trained by the real CLI through ``launch``."""

@@ -54,6 +54,7 @@ def tiny_model(folder: Path) -> Path:
     return folder
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["dpo", "sft"])
 def test_a_tiny_model_trains_and_saves_in_the_devices_dtype(tmp_path, method):
     """On this machine's device (CPU here: float32; on CUDA: bfloat16), 2 steps, saved and reloaded.

@@ -26,7 +26,7 @@ from finetuning.trainers.trl_trainer import (
     train,
 )
 
-pytestmark = pytest.mark.timeout(900)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 MODEL = "SmolLM2-135M-Instruct"
 PAIRS = [

@@ -21,7 +21,7 @@ import pytest
 from coral.records import ConversationRecord, Turn
 from coral.store import ResultStore
 
-pytestmark = pytest.mark.timeout(900)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = ROOT / "tests" / "fixtures"

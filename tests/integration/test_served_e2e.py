@@ -22,7 +22,7 @@ from coral.serving.deploy import deploy_applications, parse_applications
 from coral.store import read_records
 from lightning_modules.trainer import main as trainer_main
 
-pytestmark = pytest.mark.timeout(900)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 CLUSTER = "e2e"
 APP = (

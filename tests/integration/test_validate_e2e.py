@@ -14,7 +14,7 @@ import pytest
 
 from coral.store import read_records
 
-pytestmark = pytest.mark.timeout(900)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = 4

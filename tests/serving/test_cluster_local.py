@@ -27,7 +27,7 @@ from coral.serving.cluster import (
 )
 from coral.serving.health import check_health, status
 
-pytestmark = pytest.mark.timeout(600)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 CLUSTER = "local_test"
 TINY = "[{'name': 'tiny', 'model': 'SmolLM2-135M-Instruct', 'min_replicas': 1, 'engine_args': {'max_sequences': 4}}]"

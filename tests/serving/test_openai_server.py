@@ -322,6 +322,7 @@ def test_the_token_comes_from_the_command_line_a_file_or_the_environment(tmp_pat
     assert resolve_token() is None
 
 
+@pytest.mark.slow
 def test_serve_local_with_the_real_engine(tmp_path: Path):
     """``coral-serve local`` in its own process: token from a file (not in ``ps``), loopback only, real answers,
     400s for requests the model can never answer."""

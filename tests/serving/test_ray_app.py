@@ -22,7 +22,7 @@ from coral.backends.retry import RetryPolicy
 from coral.sampling import SamplingParams
 from coral.serving.apps import EmbeddedAppArgs, build_embedded_app
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
 APP = "tiny"
 GREEDY = SamplingParams(temperature=0.0, max_tokens=8)

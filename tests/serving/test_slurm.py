@@ -32,7 +32,7 @@ from coral.serving.cluster import (
 from coral.serving.deploy import Application, deploy_applications
 from coral.serving.health import check_health, status
 
-pytestmark = pytest.mark.timeout(900)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 PACKAGES = ["slurmctld", "slurmd", "slurm-client", "munge"]
 

@@ -209,6 +209,7 @@ def load_train(out: Path, tmp_path: Path) -> Any:
     return load_dataset("json", data_files=str(out / TRL_TRAIN), split="train", cache_dir=str(tmp_path / "cache"))
 
 
+@pytest.mark.slow
 def test_trl_dpo_trainer_trains_a_step_on_the_dataset(results: Path, tmp_path: Path, tokenizer: Any) -> None:
     from trl import DPOConfig, DPOTrainer
 
@@ -223,6 +224,7 @@ def test_trl_dpo_trainer_trains_a_step_on_the_dataset(results: Path, tmp_path: P
     assert trainer.state.global_step == 1 and math.isfinite(result.training_loss)
 
 
+@pytest.mark.slow
 def test_trl_sft_trainer_trains_a_step_with_loss_on_the_completion(results: Path, tmp_path: Path,
                                                                    tokenizer: Any) -> None:  # fmt: skip
     from trl import SFTConfig, SFTTrainer
