@@ -4,9 +4,9 @@
                              [--vllm-url http://host:8000/v1 --vllm-model NAME]
 
 Benchmarks (``--only`` names): ``orchestration`` (1), ``engine`` (2), ``http`` (3), ``prefix`` (4),
-``extraction`` (5); see each module's docstring for what exactly is counted. ``--quick`` uses small sizes and one
-or two repeats (under 5 minutes on a quiet 2-core machine); the default sizes take 40-60 minutes there. Ratios
-taken within one run are what to compare across machines; absolute rates depend on the machine.
+``extraction`` (5), ``report`` (6); see each module's docstring for what exactly is counted. ``--quick`` uses small
+sizes and one or two repeats (under 5 minutes on a quiet 2-core machine); the default sizes take 40-60 minutes there.
+Ratios taken within one run are what to compare across machines; absolute rates depend on the machine.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from benchmarks import (
     http_clients,
     orchestration,
     prefix_reuse,
+    report_load,
 )
 from benchmarks.common import Check, Row, Section, machine, report, stopwatch
 
@@ -56,6 +57,7 @@ def benchmarks(vllm: prefix_reuse.VLLMTarget | None) -> dict[str, Benchmark]:
         "http": Benchmark(http_clients, quick_repeats=1, full_repeats=3),
         "prefix": Benchmark(prefix_reuse, quick_repeats=1, full_repeats=3, options={"vllm": vllm}),
         "extraction": Benchmark(extraction_cost, quick_repeats=1, full_repeats=3),
+        "report": Benchmark(report_load, quick_repeats=1, full_repeats=3),
     }
 
 
@@ -90,7 +92,7 @@ def run_one(name: str, bench: Benchmark, quick: bool, repeats: int | None) -> tu
     """The benchmark's section, or a section holding its error (a failure never stops the other benchmarks)."""
     try:
         return bench.run(quick, repeats), True
-    except Exception as exc:  # noqa: BLE001 - reported in the table and the exit status
+    except Exception as exc:
         traceback.print_exc()
         return Section(name, f"{name}: FAILED", [Row("error", f"{type(exc).__name__}: {exc}")]), False
 

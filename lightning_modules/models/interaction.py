@@ -38,7 +38,6 @@ from coral.report import write_report
 from coral.sampling import SamplingParams
 from coral.store import ResultStore, read_records
 from coral.tasks import Example, stable_id
-
 from lightning_modules.loggers import log_figures
 
 log = logging.getLogger(__name__)

@@ -58,7 +58,10 @@ DEFINITIONS: dict[str, tuple[str, str | None]] = {
     ),
 }
 
-_FAMILIES = ((re.compile(r"accuracy_turn_\d+"), "accuracy_turn_<k>"), (re.compile(r"len_\w+|[ts]_len"), "len_<speaker>"))
+_FAMILIES = (
+    (re.compile(r"accuracy_turn_\d+"), "accuracy_turn_<k>"),
+    (re.compile(r"len_\w+|[ts]_len"), "len_<speaker>"),
+)
 _GROUPED = re.compile(r"(?P<name>[^\[]+)\[(?P<group>.+)\]")
 
 

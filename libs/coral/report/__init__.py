@@ -1,5 +1,7 @@
-"""Reports people look at: one self-contained HTML page per run (or per comparison of runs) with the metrics and
-their definitions, the configuration, figures and a conversation browser, all derived from the results folders.
+"""Reports people look at: one self-contained HTML page per run, or per comparison of runs.
+
+The page holds the metrics and their definitions, the configuration, figures and a conversation browser, all
+derived from the results folders.
 
 ``write_report(folders, out)`` writes ``report.html`` and ``figures/*.png``; ``coral-report <dir> [<dir> ...]``
 (or ``python -m coral.report``) is the command line. ``load_runs`` is the report model the page is built from, and

@@ -68,6 +68,7 @@ class Run:
 
     @property
     def records(self) -> list[ConversationRecord]:
+        """The stored records, in store order."""
         return [conversation.record for conversation in self.conversations]
 
 
@@ -76,7 +77,7 @@ def load_runs(folders: Sequence[str | Path]) -> list[Run]:
     paths = [Path(folder) for folder in folders]
     names = Counter(path.resolve().name for path in paths)
     labels = [path.resolve().name if names[path.resolve().name] == 1 else _long_label(path) for path in paths]
-    return [load_run(path, label) for path, label in zip(paths, labels)]
+    return [load_run(path, label) for path, label in zip(paths, labels, strict=True)]
 
 
 def _long_label(path: Path) -> str:
@@ -149,8 +150,10 @@ def _conversation(record: ConversationRecord) -> Conversation:
 
 
 def outcome(record: ConversationRecord, metrics: Mapping[str, float | None] | None = None) -> str:
-    """``correct`` / ``incorrect`` by ``final_answer_accuracy`` (the last belief), ``no answer`` when no generated
-    turn committed to one."""
+    """``correct`` / ``incorrect`` by ``final_answer_accuracy`` (the last belief's grade).
+
+    ``no answer`` when no generated turn committed to one.
+    """
     metrics = metrics if metrics is not None else conversation_metrics(record)
     if metrics["final_answer_accuracy"]:
         return "correct"

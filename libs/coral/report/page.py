@@ -1,4 +1,4 @@
-"""The report as one self-contained HTML page: no network, CSS and JavaScript inlined, figures as data URIs.
+r"""The report as one self-contained HTML page: no network, CSS and JavaScript inlined, figures as data URIs.
 
 The parts a reader checks first are plain HTML rendered here (run setup, configuration differences, the metrics
 table with definitions, the figures). The conversation browser is ``report.js`` over two kinds of embedded data:
@@ -7,7 +7,7 @@ each conversation's full record as its own JSON script element, placed after eve
 opened. So the list is up and usable before the browser has even read the records of a 10,000-conversation run.
 
 Model output is untrusted: the HTML parts are escaped here and ``report.js`` writes text only through
-``textContent``; ``<`` inside embedded JSON is written ``\\u003c`` so no record can end its script element.
+``textContent``; ``<`` inside embedded JSON is written ``\u003c`` so no record can end its script element.
 """
 
 from __future__ import annotations
@@ -178,7 +178,7 @@ def _json_script(element_id: str, data: Any) -> str:
 
 
 def _script(element_id: str, text: str) -> str:
-    """A JSON script element; ``<`` is escaped (JSON allows ``\\u003c``) so the text cannot close the element."""
+    r"""A JSON script element; ``<`` is escaped (JSON allows ``\u003c``) so the text cannot close the element."""
     escaped = text.replace("<", "\\u003c")
     return f'<script type="application/json" id="{element_id}">{escaped}</script>'
 

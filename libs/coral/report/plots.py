@@ -1,5 +1,6 @@
-"""The report's figures, drawn with matplotlib's Agg renderer into PNG bytes (the HTML report, ``figures/*.png``,
-W&B and the iterative driver's summary all use these).
+"""The project's figures, drawn with matplotlib's Agg renderer into PNG bytes.
+
+The HTML report, ``figures/*.png``, W&B and the iterative driver's summary all use these.
 
 Three generic charts take plain data keyed by series label, one series per run, so one run and a comparison of
 runs are the same call: ``line_chart`` (a value over an axis: turn today; round or role for other protocols),
@@ -131,35 +132,34 @@ def save_png(figure: Figure, path: str | Path) -> Path:
 
 def report_figures(runs: Sequence[Run]) -> dict[str, bytes]:
     """The report's figures as PNG bytes by file stem, each overlaying every run."""
-    labels = [run.label for run in runs]
     figures = {
         "accuracy_by_turn": line_chart(
-            {label: accuracy_by_turn(run) for label, run in zip(labels, runs)},
+            {run.label: accuracy_by_turn(run) for run in runs},
             title="Accuracy by turn",
             xlabel="turn",
             ylabel="share of turns correct",
         ),
         "agreement_by_turn": line_chart(
-            {label: agreement_by_turn(run) for label, run in zip(labels, runs)},
+            {run.label: agreement_by_turn(run) for run in runs},
             title="Agreement by turn (cumulative)",
             xlabel="turn",
             ylabel="share of conversations agreed",
         ),
         "turns_to_agreement": bar_chart(
-            {label: turns_to_agreement(run) for label, run in zip(labels, runs)},
+            {run.label: turns_to_agreement(run) for run in runs},
             title="Turns to agreement",
             xlabel="turn of first agreement",
             ylabel="share of conversations",
         ),
         "token_cost": histogram(
-            {label: [c.tokens for c in run.conversations] for label, run in zip(labels, runs)},
+            {run.label: [c.tokens for c in run.conversations] for run in runs},
             title="Token cost per conversation",
             xlabel="tokens (prompt + completion + judge)",
         ),
     }
     for kind, adjective in SOCIAL_KINDS.items():
         figures[f"{kind}_by_correctness"] = bar_chart(
-            {label: social_split(run, kind) for label, run in zip(labels, runs)},
+            {run.label: social_split(run, kind) for run in runs},
             title=f"{adjective.capitalize()} turns by their own correctness",
             xlabel="the turn's belief",
             ylabel=f"share of {adjective} turns",
