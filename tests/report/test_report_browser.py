@@ -84,14 +84,24 @@ def test_real_runs_report_in_chromium(small_run, page: Page, tmp_path):
         assert element.query_selector("pre.text").inner_text() == turn.text
     assert view.inner_text("#detail-title") == f"example {first}, sample 0"
 
-    shot = tmp_path / "report.png"
-    view.screenshot(path=str(shot))
+    shots = screenshots(view, tmp_path)
+    assert all(shot.stat().st_size > 10_000 for shot in shots)
+    assert page.errors == [] and page.requests == []
+
+
+def screenshots(view, folder: Path) -> list[Path]:
+    """The open conversation (``conversation.png``), then the whole page (``report.png``), kept as artifacts."""
+    shots = [folder / "conversation.png", folder / "report.png"]
+    view.screenshot(path=str(shots[0]))
+    view.click("#close")
+    view.evaluate("window.scrollTo(0, 0)")
+    view.screenshot(path=str(shots[1]), full_page=True)
     if os.environ.get("CORAL_ARTIFACTS"):
         artifacts = Path(os.environ["CORAL_ARTIFACTS"])
         artifacts.mkdir(parents=True, exist_ok=True)
-        shutil.copy(shot, artifacts / "report.png")
-    assert shot.stat().st_size > 10_000
-    assert page.errors == [] and page.requests == []
+        for shot in shots:
+            shutil.copy(shot, artifacts / shot.name)
+    return shots
 
 
 def test_filters_and_the_conversation_view_on_known_outcomes(hand_run, page: Page):
