@@ -20,15 +20,15 @@ from functools import partial
 from pathlib import Path
 
 import yaml
+
+from benchmarks.common import ROOT, Row, Section, repeat, stat, stopwatch
+from benchmarks.workloads import ConversationSpec, conversation_runner
 from coral.backends.embedded import EmbeddedBackend
 from coral.backends.models import DEFAULT_MODEL
 from coral.records import ConversationRecord, Turn
 from coral.sampling import SamplingParams
 from coral.store import read_records
 from coral.tasks import Task, get_task
-
-from benchmarks.common import ROOT, Row, Section, repeat, stat, stopwatch
-from benchmarks.workloads import ConversationSpec, conversation_runner
 
 UNBUNDLED = {
     "gpqa": "tests/fixtures/gpqa/gpqa_synthetic.csv",

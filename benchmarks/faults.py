@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+
 from coral.backends.base import ChatBackend, Message
 from coral.backends.grpc_client import PUSHBACK_METADATA, GrpcBackend
 from coral.backends.http import SESSION_HEADER, OpenAIHTTPBackend

@@ -19,11 +19,10 @@ import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from benchmarks.common import Check, Row, Section, repeat, stat, stopwatch
 from coral.backends.base import ChatRequest
 from coral.backends.http import OpenAIHTTPBackend
 from coral.sampling import SamplingParams
-
-from benchmarks.common import Check, Row, Section, repeat, stat, stopwatch
 
 TARGET_GAIN_AT_256 = 1.5
 MODEL = "scripted"

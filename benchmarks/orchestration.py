@@ -18,12 +18,11 @@ import asyncio
 from dataclasses import dataclass
 from functools import partial
 
+from benchmarks.common import ROOT, Check, Row, Section, repeat, stat, stopwatch
+from benchmarks.workloads import ConversationSpec, questions, run_conversations
 from coral.backends.base import ChatRequest, Completion
 from coral.sampling import SamplingParams
 from coral.tasks import get_task
-
-from benchmarks.common import ROOT, Check, Row, Section, repeat, stat, stopwatch
-from benchmarks.workloads import ConversationSpec, questions, run_conversations
 
 TARGET_TURNS_PER_S = 5000.0
 

@@ -14,11 +14,6 @@ from __future__ import annotations
 import urllib.request
 from dataclasses import dataclass
 
-from coral.backends.embedded import EmbeddedBackend
-from coral.backends.http import OpenAIHTTPBackend
-from coral.backends.models import DEFAULT_MODEL
-from coral.sampling import SamplingParams
-
 from benchmarks.common import Check, Row, Section, repeat, stat, stopwatch
 from benchmarks.workloads import (
     ConversationSpec,
@@ -27,6 +22,10 @@ from benchmarks.workloads import (
     TokenTally,
     run_conversations,
 )
+from coral.backends.embedded import EmbeddedBackend
+from coral.backends.http import OpenAIHTTPBackend
+from coral.backends.models import DEFAULT_MODEL
+from coral.sampling import SamplingParams
 
 TARGET_RECOMPUTED_SHARE = 0.30
 

@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from benchmarks.common import ROOT, stopwatch
 from coral.backends.base import ChatBackend, ChatRequest, Completion
 from coral.beliefs import BeliefExtractor
 from coral.conversation import Agent, ConversationRunner, CoralProtocol, RunSettings
@@ -20,8 +21,6 @@ from coral.records import ConversationRecord
 from coral.sampling import SamplingParams
 from coral.store import ResultStore, read_records
 from coral.tasks import Example, MMLUProTask, Task
-
-from benchmarks.common import ROOT, stopwatch
 
 MMLU_PRO = ROOT / "data/mmlu_pro/test.jsonl"
 

@@ -24,13 +24,13 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from jsonargparse import ActionConfigFile, ArgumentParser
+
 from coral.serving.cluster import SlurmJobOptions
 from coral.store import read_records
 from coral.synthesis.formats import KINDS, dataset_is_complete
 from coral.synthesis.preferences import PairSettings
 from coral.synthesis.sft import SFTSettings
-from jsonargparse import ActionConfigFile, ArgumentParser
-
 from finetuning.data_creation.build_dpo import build_dpo
 from finetuning.data_creation.build_sft import build_sft
 from finetuning.trainers.trl_trainer import TrainSettings, checkpoint_is_complete, train

@@ -35,7 +35,7 @@ SECTIONS = ("trainer", "model", "data")
 class CoralArgumentParser(LightningArgumentParser):
     """Reports an option that is not accepted in one line, with the closest accepted ones ("did you mean")."""
 
-    def error(self, message: str, ex: Exception | None = None):  # noqa: ANN201 (NoReturn, as the parent's)
+    def error(self, message: str, ex: Exception | None = None):  # NoReturn, as the parent's
         hint = unknown_option_hint(message, self) if self.exit_on_error else None
         if hint is not None:
             sys.stderr.write(f"error: {hint}\n")

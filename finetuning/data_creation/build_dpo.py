@@ -19,7 +19,6 @@ from typing import Any
 from coral.backends.models import DEFAULT_MODEL
 from coral.synthesis.formats import dpo_files
 from coral.synthesis.preferences import PairSettings, build_pairs
-
 from finetuning.data_creation import build_dataset, cli_parser, parse_settings
 
 

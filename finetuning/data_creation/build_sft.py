@@ -18,7 +18,6 @@ from typing import Any
 from coral.backends.models import DEFAULT_MODEL
 from coral.synthesis.formats import sft_files
 from coral.synthesis.sft import SFTSettings, select_sft
-
 from finetuning.data_creation import build_dataset, cli_parser, parse_settings
 
 

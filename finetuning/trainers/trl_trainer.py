@@ -335,7 +335,7 @@ class JsonlLogger(TrainerCallback):
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
 
-    def on_log(self, args, state, control, logs=None, **kwargs):  # noqa: ANN001 (transformers' signature)
+    def on_log(self, args, state, control, logs=None, **kwargs):  # transformers' signature
         if state.is_world_process_zero and logs:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             with self.path.open("a", encoding="utf-8") as handle:

@@ -411,7 +411,7 @@ def _child(plan: dict[str, Any]) -> None:
         os.write(info_fd, json.dumps({"isolation": isolation}).encode() + b"\n")
         os.close(info_fd)
         os.execve(argv[0], argv, plan["env"])
-    except BaseException as exc:  # noqa: BLE001 - report and leave; the program never runs
+    except BaseException as exc:  # report and leave; the program never runs
         try:
             os.write(info_fd, json.dumps({"error": f"{type(exc).__name__}: {exc}"}).encode() + b"\n")
         finally:

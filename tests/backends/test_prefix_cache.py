@@ -14,7 +14,7 @@ class FakeKV:
     def nbytes(self) -> int:
         return len(self.tokens)
 
-    def clone(self) -> "FakeKV":
+    def clone(self) -> FakeKV:
         return FakeKV(self.tokens)
 
     def truncate(self, length: int) -> None:

@@ -10,9 +10,6 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-from coral.backends.embedded import EmbeddedBackend, EngineConfig
-from coral.backends.models import DEFAULT_MODEL
-from coral.records import ConversationRecord, Turn, Usage
 
 from benchmarks import (
     common,
@@ -25,6 +22,9 @@ from benchmarks import (
 )
 from benchmarks.common import Check, Section, Stat
 from benchmarks.extraction_cost import ALL
+from coral.backends.embedded import EmbeddedBackend, EngineConfig
+from coral.backends.models import DEFAULT_MODEL
+from coral.records import ConversationRecord, Turn, Usage
 
 VLLM_METRICS = """\
 # HELP vllm:prefix_cache_queries_total Prefix cache queries, in terms of number of queried tokens.

@@ -83,7 +83,7 @@ def test_sibling_agreement_is_recorded_against_the_partner(tmp_path):
 def test_same_seed_gives_the_same_trees(tmp_path):
     first = run_tree(tmp_path / "a", ScriptedBackend(answer_by_seed, latency_s=0.001))
     second = run_tree(tmp_path / "b", ScriptedBackend(answer_by_seed))
-    strip = lambda recs: [[(t.seed, t.text, [s.seed for s in t.siblings]) for t in r.turns] for r in recs]  # noqa: E731
+    strip = lambda recs: [[(t.seed, t.text, [s.seed for s in t.siblings]) for t in r.turns] for r in recs]
     assert strip(first) == strip(second)
 
 

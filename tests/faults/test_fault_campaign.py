@@ -14,9 +14,6 @@ import collections
 import re
 
 import pytest
-from coral.metrics import aggregate
-from coral.records import ConversationRecord
-from coral.store import read_records
 
 from benchmarks.faults import (
     CONTENT_FAULTS,
@@ -32,6 +29,9 @@ from benchmarks.faults import (
     run_with_faults,
     session_of,
 )
+from coral.metrics import aggregate
+from coral.records import ConversationRecord
+from coral.store import read_records
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 

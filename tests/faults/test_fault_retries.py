@@ -14,12 +14,6 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from coral.backends.base import BackendError, ChatRequest
-from coral.backends.http import retry_after_s
-from coral.backends.retry import RetryPolicy
-from coral.sampling import SamplingParams
-from coral.serving.local import LocalServer
-from coral.store import read_records
 
 from benchmarks.faults import (
     GRPC_FAULTS,
@@ -32,6 +26,12 @@ from benchmarks.faults import (
     faulty_http_app,
     serve_faulty_grpc,
 )
+from coral.backends.base import BackendError, ChatRequest
+from coral.backends.http import retry_after_s
+from coral.backends.retry import RetryPolicy
+from coral.sampling import SamplingParams
+from coral.serving.local import LocalServer
+from coral.store import read_records
 
 pytestmark = pytest.mark.timeout(60)
 

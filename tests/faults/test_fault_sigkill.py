@@ -11,9 +11,6 @@ from __future__ import annotations
 import json
 
 import pytest
-from coral.backends.retry import RetryPolicy
-from coral.serving.local import LocalServer
-from coral.store import rank_file
 
 from benchmarks.faults import (
     KILL_EVALUATION,
@@ -26,6 +23,9 @@ from benchmarks.faults import (
     kill_and_restart,
     lost_and_duplicated,
 )
+from coral.backends.retry import RetryPolicy
+from coral.serving.local import LocalServer
+from coral.store import rank_file
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 

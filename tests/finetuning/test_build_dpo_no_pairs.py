@@ -7,7 +7,6 @@ from pathlib import Path
 from coral.records import ConversationRecord, Turn
 from coral.store import ResultStore
 from coral.synthesis.preferences import PairSettings, build_pairs
-
 from finetuning.data_creation import build_dpo
 
 MODEL = "SmolLM2-135M-Instruct"

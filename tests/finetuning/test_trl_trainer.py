@@ -9,9 +9,9 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
-import torch
 from transformers import TrainerCallback
 
 from coral.backends import ChatRequest, EmbeddedBackend, models

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
 from coral.records import ConversationRecord, Turn
 from coral.store import ResultStore
 
@@ -198,7 +199,6 @@ def test_the_training_steps_run(workspace):
 
 def test_commands_that_need_a_cluster_parse(workspace):
     from coral.serving.cli import build_parser
-
     from finetuning.iterative_training import parse
 
     for command in commands("parse", "coral-serve"):

@@ -6,9 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from coral.errors import DataError
 from coral.tasks import get_task
-
 from lightning_modules.trainer import cli, main
 
 ROOT = Path(__file__).resolve().parents[2]

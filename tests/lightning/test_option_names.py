@@ -11,11 +11,12 @@ import re
 from dataclasses import fields
 from pathlib import Path
 
+from test_interaction_asker import config_hash
+
 from coral.conversation import AgentSpec, RunSettings
 from lightning_modules.models import InteractionModule
 from lightning_modules.models.interaction import ExtractorConfig
 from lightning_modules.trainer import main
-from test_interaction_asker import config_hash
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from coral import sandbox
 from coral.sandbox import SandboxLimits, check_solution, run_python, run_python_async
 

@@ -13,14 +13,15 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
 from coral.backends import BACKENDS, BackendError, ChatRequest, ScriptedBackend
 from coral.backends.http import OpenAIHTTPBackend
 from coral.backends.retry import RetryPolicy
 from coral.sampling import SamplingParams
 from coral.serving.local import LocalServer
 from coral.serving.openai_api import build_openai_app
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -24,6 +24,7 @@ from typing import Any
 import openai
 import psutil
 import pytest
+
 from coral.backends import BackendError, ScriptedBackend
 from coral.backends.base import Delta, InvalidRequestError
 from coral.sampling import SamplingParams

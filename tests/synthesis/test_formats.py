@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from coral.backends.models import resolve
 from coral.conversation.protocols import agent_view
 from coral.records import ConversationRecord, Turn
@@ -27,7 +28,6 @@ from coral.synthesis.formats import (
 )
 from coral.synthesis.preferences import PairSettings
 from coral.synthesis.sft import SFTSettings
-
 from finetuning.data_creation import build_dpo as build_dpo_cli
 from finetuning.data_creation import build_sft as build_sft_cli
 from finetuning.data_creation.build_dpo import build_dpo

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+
 from coral.backends import BackendError, ScriptedBackend
 from coral.errors import DataError
 from coral.sampling import SamplingParams

@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 import pytest
+
 from coral.conversation.protocols import agent_view
 from coral.records import ConversationRecord, Turn
 from coral.synthesis.preferences import (

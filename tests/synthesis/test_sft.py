@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+
 from coral.conversation.protocols import agent_view
 from coral.records import ConversationRecord, Turn
 from coral.synthesis.sft import SFT_FILTERS, SFTExample, SFTSettings, select_sft

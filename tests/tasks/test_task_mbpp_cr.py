@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 import pytest
+
 from coral.errors import DataError
 from coral.tasks import Example, get_task
 from coral.tasks.mbpp_cr import CHOICES, MBPPCRTask

@@ -18,7 +18,6 @@ from coral.backends.base import (
 )
 from coral.backends.scripted import ScriptedBackend
 
-
 _LAZY = {
     "EmbeddedBackend": "coral.backends.embedded",
     "EngineConfig": "coral.backends.embedded",

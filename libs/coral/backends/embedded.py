@@ -109,7 +109,8 @@ class _PrefixCache:
 
     def take(self, session_id: str, prompt: list[int]) -> tuple[int, packed.KVStore | None]:
         """The session's entry sharing the longest prefix with ``prompt``: taken when the prompt extends all of it,
-        copied when only part of it matches (both agents of a conversation share a session but not a view)."""
+        copied when only part of it matches (both agents of a conversation share a session but not a view).
+        """
         best, best_len = None, 0
         for key, (tokens, _) in self._entries.items():
             if key[0] != session_id:
@@ -183,7 +184,8 @@ class EmbeddedEngine:
     def submit(self, chat: ChatRequest, on_delta: Callable[[Delta], None] | None = None) -> asyncio.Future:
         """Queue a request (its ``model`` picked this engine); the future gets all n Completions. ``on_delta``
         (called on this event loop) streams the text of each choice as it is generated, the last piece of a choice
-        carrying its Completion."""
+        carrying its Completion.
+        """
         loop = asyncio.get_running_loop()
         future = loop.create_future()
         self._inbox.put(_Request(chat, loop, future, on_delta=on_delta))
@@ -200,7 +202,7 @@ class EmbeddedEngine:
     def _run(self) -> None:
         try:
             self._load()
-        except BaseException as exc:  # noqa: BLE001 - reported to every request instead
+        except BaseException as exc:  # reported to every request instead
             self._load_error = exc
             log.exception("embedded engine failed to load %s", self.model_name)
         running: list[_Sequence] = []
@@ -262,7 +264,7 @@ class EmbeddedEngine:
         try:
             messages = request.chat.messages
             encoded = self.tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=True)
-        except Exception as exc:  # noqa: BLE001 - a bad request must not stop the engine
+        except Exception as exc:  # a bad request must not stop the engine
             self._reply(request, error=BackendError(f"cannot apply chat template: {exc}", retryable=False))
             return None
         prompt = list(encoded["input_ids"] if hasattr(encoded, "keys") else encoded)
@@ -333,7 +335,7 @@ class EmbeddedEngine:
         batch = [seq for seq in running if id(seq) in counts]
         try:
             logits = self._forward([(seq.kv, seq.feed[: counts[id(seq)]]) for seq in batch])
-        except Exception as exc:  # noqa: BLE001 - fail this batch, keep serving
+        except Exception as exc:  # fail this batch, keep serving
             log.exception("engine step failed")
             self._fail_all(batch, BackendError(f"engine step failed: {exc}"))
             failed = {id(seq.request) for seq in batch}
@@ -519,7 +521,8 @@ class EmbeddedBackend:
 
     async def chat_stream(self, request: ChatRequest) -> AsyncIterator[Delta]:
         """The request's text as the engine generates it: Deltas per choice, token by token; the last Delta of
-        each choice carries its Completion. The pieces of a choice join to exactly its ``chat`` text."""
+        each choice carries its Completion. The pieces of a choice join to exactly its ``chat`` text.
+        """
         loop = asyncio.get_running_loop()
         pieces: asyncio.Queue[Delta | None] = asyncio.Queue()
         future = self.engine(request.model).submit(request, on_delta=pieces.put_nowait)

@@ -120,7 +120,8 @@ class GrpcBackend:
 
     async def chat_stream(self, request: ChatRequest) -> AsyncIterator[Delta]:
         """Text pieces as the server generates them (ChatStream). Only opening the stream is retried: once a
-        piece has been yielded, a failure is final. Each choice's Completion counts the failed openings."""
+        piece has been yielded, a failure is final. Each choice's Completion counts the failed openings.
+        """
         message = to_request(replace(request, model=request.model or self.model))
         metadata = self._metadata(request.session_id)
         started = time.perf_counter()
@@ -155,7 +156,8 @@ class GrpcBackend:
 
 async def _call(rpc: Callable[[], Awaitable[T]], target: str, retryable: bool = True) -> T:
     """Await one RPC (or one message of a stream); a failed status becomes a BackendError naming the code,
-    retryable for RETRYABLE_CODES and carrying the server's pushback, and so does an undecodable answer."""
+    retryable for RETRYABLE_CODES and carrying the server's pushback, and so does an undecodable answer.
+    """
     try:
         answer = await rpc()
     except grpc.aio.AioRpcError as exc:

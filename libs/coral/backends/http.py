@@ -220,7 +220,8 @@ def _completions(data: dict[str, Any], header_replica: str | None, url: str) -> 
 
 def retry_after_s(value: str | None) -> float | None:
     """Seconds a ``Retry-After`` header asks to wait (a number of seconds or an HTTP date); None if absent or
-    unreadable."""
+    unreadable.
+    """
     if not value:
         return None
     try:

@@ -60,7 +60,8 @@ class Tries:
 
     def failed(self, exc: BaseException) -> None:
         """Count a failed try; a BackendError that stands for several requests (a transport that gave up) counts
-        as all of them, with their reasons."""
+        as all of them, with their reasons.
+        """
         if isinstance(exc, BackendError):
             self.attempts += exc.attempts
             self.failures.extend(exc.failures or (describe(exc),))

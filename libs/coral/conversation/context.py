@@ -82,13 +82,14 @@ class ConversationContext:
 
     async def _ask(self, speaker: str, messages: list[Message], index: int, seed: int, n: int) -> list[Turn]:
         """Turns from one request for ``n`` candidates; every request sent and why each failed one failed (a
-        network backend's own retries included) are recorded on them."""
+        network backend's own retries included) are recorded on them.
+        """
         agent = self.agents[speaker]
         request = ChatRequest(messages, agent.sampling.with_seed(seed), agent.model, n, self.session_id)
         tries = Tries()
         try:
             completions = await call_with_retries(lambda: agent.backend.chat(request), self.settings.retry, seed, tries)
-        except Exception as exc:  # noqa: BLE001 - errors are data: recorded on the turn
+        except Exception as exc:  # errors are data: recorded on the turn
             return [
                 Turn(index=index, speaker=speaker, text="", model=agent.model, seed=seed + i, error=describe(exc),
                      attempts=tries.attempts, failures=list(tries.failures))

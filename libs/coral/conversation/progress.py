@@ -62,7 +62,8 @@ class Snapshot:
 
     def line(self, final: bool = False) -> str:
         """One line for a person, most telling first (a terminal cuts the end); ``final``: the run is over, so it says
-        what was left undone instead of a time left."""
+        what was left undone instead of a time left.
+        """
         percent = 100 * self.done // self.total if self.total else 100
         if final:
             state = "done" if self.done >= self.total else f"{self.total - self.done} not run"

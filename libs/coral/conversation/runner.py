@@ -115,7 +115,7 @@ class ConversationRunner:
         ctx = ConversationContext(self.task, example, sample, self.agents, self.extractor, self.settings)
         try:
             record = await self.protocol.run(ctx)
-        except Exception as exc:  # noqa: BLE001 - one broken conversation never kills the run
+        except Exception as exc:  # one broken conversation never kills the run
             log.error("conversation %s failed:\n%s", ctx.session_id, traceback.format_exc())
             record = ctx.record(self.protocol.name, [], "error")
             record.metadata["exception"] = f"{type(exc).__name__}: {exc}"
@@ -151,7 +151,7 @@ class GroupCommit:
             batch, self._queued = self._queued, []
             try:
                 written = await asyncio.to_thread(self.store.append_many, [record for record, _ in batch])
-            except Exception as exc:  # noqa: BLE001 - every waiting conversation gets the store's error
+            except Exception as exc:  # every waiting conversation gets the store's error
                 for _, future in batch:
                     if not future.done():
                         future.set_exception(exc)

@@ -87,7 +87,8 @@ def _means(rows: Iterable[Mapping[str, float | None]]) -> dict[str, float]:
 
 def accuracy_by_turn(records: Iterable[ConversationRecord]) -> dict[str, float]:
     """``accuracy_turn_<k>``: among conversations whose turn ``k`` was generated without error, the fraction
-    whose turn-``k`` belief is correct. Shows whether talking longer helps."""
+    whose turn-``k`` belief is correct. Shows whether talking longer helps.
+    """
     counts: dict[int, list[int]] = {}  # turn index -> [correct, total]
     for record in records:
         for index, turn in enumerate(record.turns):

@@ -50,7 +50,8 @@ def _flag(value: bool) -> float:
 
 def _turn_counts(record: ConversationRecord, compat: bool) -> Metrics:
     """``conv_err``: a generation failure ended the conversation, or it raised (stored with no turns at all);
-    ``total_turns``: its length."""
+    ``total_turns``: its length.
+    """
     errored = not record.turns or record.turns[-1].error is not None
     total = len(record.turns) if compat else len(_generated(record))
     return {"conv_err": _flag(errored), "total_turns": float(total)}

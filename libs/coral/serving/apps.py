@@ -163,7 +163,7 @@ class EmbeddedDeployment:
         self.backend = _StickySessions(embedded, self.load_session)
         self.grpc = ChatServicer(self.backend, model_names=self.served, replica=self.replica, token=token)
 
-    def __serve_build_asgi_app__(self) -> FastAPI:  # noqa: PLW3201 - Ray Serve's hook: the ingress app, per replica
+    def __serve_build_asgi_app__(self) -> FastAPI:  # Ray Serve's hook: the ingress app, per replica
         return build_openai_app(self.backend, self.served, token=self.token, replica=self.replica)
 
     @serve.multiplexed(max_num_models_per_replica=MAX_SESSIONS_PER_REPLICA)
@@ -171,7 +171,7 @@ class EmbeddedDeployment:
         """Nothing to load: having "loaded" the id is what makes Ray Serve route the conversation here."""
         return session_id
 
-    async def Chat(self, request: pb.ChatRequest, grpc_context: RayServegRPCContext) -> pb.ChatResponse:  # noqa: N802
+    async def Chat(self, request: pb.ChatRequest, grpc_context: RayServegRPCContext) -> pb.ChatResponse:
         """CoralChat.Chat through Ray Serve's gRPC proxy (which passes ``grpc_context`` by that name)."""
         try:
             return await self.grpc.respond(request, grpc_context.invocation_metadata())
@@ -179,7 +179,7 @@ class EmbeddedDeployment:
             _set_status(grpc_context, abort)
             raise
 
-    async def ChatStream(  # noqa: N802
+    async def ChatStream(
         self, request: pb.ChatRequest, grpc_context: RayServegRPCContext
     ) -> AsyncIterator[pb.ChatChunk]:
         """CoralChat.ChatStream through Ray Serve's gRPC proxy."""

@@ -57,7 +57,7 @@ class ChatServicer(pb_grpc.CoralChatServicer):
         name, chat = self._accept(request, metadata)
         try:
             completions = await self.backend.chat(chat)
-        except Exception as exc:  # noqa: BLE001 - every failure becomes a status the client can act on
+        except Exception as exc:  # every failure becomes a status the client can act on
             raise _status(exc) from exc
         return to_response(completions, model=name, replica=self.replica)
 
@@ -69,7 +69,7 @@ class ChatServicer(pb_grpc.CoralChatServicer):
         try:
             async for delta in pieces:
                 yield to_chunk(delta, replica)
-        except Exception as exc:  # noqa: BLE001 - see respond
+        except Exception as exc:  # see respond
             raise _status(exc) from exc
         finally:
             await pieces.aclose()  # a cancelled call frees the backend at once
@@ -97,13 +97,13 @@ class ChatServicer(pb_grpc.CoralChatServicer):
             raise RpcAbort(grpc.StatusCode.UNAUTHENTICATED, details)
 
     # -------------------------------------------------------------------- grpc.aio adapters
-    async def Chat(self, request: pb.ChatRequest, context: grpc.aio.ServicerContext) -> pb.ChatResponse:  # noqa: N802
+    async def Chat(self, request: pb.ChatRequest, context: grpc.aio.ServicerContext) -> pb.ChatResponse:
         try:
             return await self.respond(request, context.invocation_metadata() or ())
         except RpcAbort as abort:
             return await context.abort(abort.code, abort.details)  # raises, ending the call with that status
 
-    async def ChatStream(  # noqa: N802
+    async def ChatStream(
         self, request: pb.ChatRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.ChatChunk]:
         try:
@@ -124,7 +124,8 @@ def _served_names(model_names: Sequence[str] | Mapping[str, str] | None) -> dict
 
 def _status(exc: Exception) -> RpcAbort:
     """Retryable backend errors become UNAVAILABLE (clients retry); a request the model can never answer
-    INVALID_ARGUMENT; anything else INTERNAL (neither is retried)."""
+    INVALID_ARGUMENT; anything else INTERNAL (neither is retried).
+    """
     if isinstance(exc, BackendError) and exc.retryable:
         return RpcAbort(grpc.StatusCode.UNAVAILABLE, str(exc))
     if isinstance(exc, InvalidRequestError):
@@ -136,7 +137,8 @@ async def serve_grpc(
     backend: ChatBackend, *, host: str = "127.0.0.1", port: int = 0, token: str | None = None
 ) -> tuple[grpc.aio.Server, int]:
     """Start a standalone CoralChat server for ``backend``; returns the server and the port it bound (``port=0``:
-    a free one). Stop it with ``await server.stop(grace)``."""
+    a free one). Stop it with ``await server.stop(grace)``.
+    """
     server = grpc.aio.server(options=CHANNEL_OPTIONS)
     bound = server.add_insecure_port(f"{host}:{port}")
     if bound == 0:

@@ -55,7 +55,7 @@ async def acheck_health(target: str, *, prompt: str = HEALTH_PROMPT, max_tokens:
         completion = (await backend.chat(ChatRequest([{"role": "user", "content": prompt}], sampling)))[0]
         return HealthReport(target, ok=True, answer=completion.text, latency_s=time.perf_counter() - started,
                             replica=completion.replica)
-    except Exception as exc:  # noqa: BLE001 - any failure is the report, not a crash of the checker
+    except Exception as exc:  # any failure is the report, not a crash of the checker
         return HealthReport(target, ok=False, latency_s=time.perf_counter() - started,
                             error=f"{type(exc).__name__}: {exc}")
     finally:
@@ -94,7 +94,7 @@ def _nodes(head: HeadInfo) -> list[dict[str, Any]]:
 
 
 def _resources(head: HeadInfo) -> dict[str, list[float]]:
-    """resource -> [used, total] over the cluster (what ``ray status`` prints under Usage)."""
+    """Resource -> [used, total] over the cluster (what ``ray status`` prints under Usage)."""
     with contextlib.suppress(OSError, ValueError, KeyError):
         usage = head.dashboard("/api/cluster_status")["data"]["clusterStatus"]["loadMetricsReport"]["usage"]
         return {name: usage[name] for name in ("CPU", "GPU", "memory") if name in usage}

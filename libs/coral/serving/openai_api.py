@@ -237,7 +237,8 @@ class _BodyLimit:
     says so, else as soon as the bytes received pass the limit (chunked uploads). The rest of the body is read and
     dropped before answering, so the client sees the 413 rather than a connection reset (which it would retry),
     unless it asked ``Expect: 100-continue`` (curl does for large bodies): then it never sends the body at all.
-    Recent FastAPI has ``max_body_size``; Ray Serve pins no FastAPI version, so this does not rely on it."""
+    Recent FastAPI has ``max_body_size``; Ray Serve pins no FastAPI version, so this does not rely on it.
+    """
 
     def __init__(self, app: ASGIApp, limit: int) -> None:
         self.app, self.limit = app, limit
@@ -290,7 +291,7 @@ async def _unless_disconnected(request: Request, work: Awaitable[list[Completion
         try:
             while (await request.receive())["type"] != "http.disconnect":  # the body is read: only the end can come
                 pass
-        except Exception:  # noqa: BLE001 - a server that cannot report the end: never claim it came
+        except Exception:  # a server that cannot report the end: never claim it came
             await asyncio.Event().wait()
 
     task, watcher = asyncio.ensure_future(work), asyncio.ensure_future(disconnected())
@@ -307,7 +308,8 @@ async def _unless_disconnected(request: Request, work: Awaitable[list[Completion
 
 def _backend_failure(exc: BackendError) -> APIError:
     """503 when trying again may help; a client error (a proxied one, or a request the model can never answer)
-    keeps its status, code and field; anything else is a 500."""
+    keeps its status, code and field; anything else is a 500.
+    """
     if exc.retryable:
         return APIError(503, str(exc), "server_error", "backend_unavailable")
     status = getattr(exc, "status", None)

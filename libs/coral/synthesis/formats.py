@@ -57,7 +57,8 @@ KINDS = {"sft": "examples", "dpo": "pairs"}
 
 def load_chat_tokenizer(model: Any) -> Any:
     """A tokenizer with a chat template: ``model`` itself if it is one, else the tokenizer of the checkpoint that
-    ``coral.backends.models.resolve`` finds for a model name or folder (so names mean the same as for evaluation)."""
+    ``coral.backends.models.resolve`` finds for a model name or folder (so names mean the same as for evaluation).
+    """
     if hasattr(model, "apply_chat_template"):
         tokenizer = model
     else:
@@ -223,7 +224,8 @@ def _line_count(path: Path) -> int | None:
 
 def dataset_is_complete(out: str | Path, settings: Any = None) -> bool:
     """Whether ``out`` holds a whole dataset: settings.json and counts.json readable, every data file present with
-    the line count counts.json records, and (when ``settings`` is given) built with exactly those settings."""
+    the line count counts.json records, and (when ``settings`` is given) built with exactly those settings.
+    """
     out = Path(out)
     try:
         info = json.loads((out / SETTINGS).read_text(encoding="utf-8"))

@@ -161,7 +161,8 @@ class Task(ABC):
     @abstractmethod
     def opening_message(self, example: Example, posed: bool = False) -> str:
         """Turn 0: the asker asks its partner for help with the problem, or (``posed``) sets it for the partner
-        to solve (the reference's teacher-first variant; ``opening_lead`` words both)."""
+        to solve (the reference's teacher-first variant; ``opening_lead`` words both).
+        """
 
     def instruction(self, style: str) -> str:
         """The agents' system prompt in the given instruction style."""

@@ -46,7 +46,7 @@ def _as_latex(answer: str) -> str:
 
 def _load_math_verify() -> None:
     """Worker initializer: pay the import of math-verify and sympy once per worker, not inside a timed call."""
-    import math_verify  # noqa: F401
+    import math_verify
 
 
 def _ping() -> bool:
