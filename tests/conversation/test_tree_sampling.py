@@ -83,7 +83,10 @@ def test_sibling_agreement_is_recorded_against_the_partner(tmp_path):
 def test_same_seed_gives_the_same_trees(tmp_path):
     first = run_tree(tmp_path / "a", ScriptedBackend(answer_by_seed, latency_s=0.001))
     second = run_tree(tmp_path / "b", ScriptedBackend(answer_by_seed))
-    strip = lambda recs: [[(t.seed, t.text, [s.seed for s in t.siblings]) for t in r.turns] for r in recs]
+
+    def strip(recs: list) -> list:
+        return [[(t.seed, t.text, [s.seed for s in t.siblings]) for t in r.turns] for r in recs]
+
     assert strip(first) == strip(second)
 
 
@@ -119,7 +122,8 @@ def test_all_candidates_errored_ends_the_conversation_with_an_error(tmp_path):
 
 
 def candidates(*specs):
-    return [Turn(index=1, speaker="t", text=str(i), belief=b, correct=c, belief_class=k) for i, (b, c, k) in enumerate(specs)]
+    return [Turn(index=1, speaker="t", text=str(i), belief=b, correct=c, belief_class=k)
+            for i, (b, c, k) in enumerate(specs)]
 
 
 def test_stratified_picks_both_sides_about_equally():

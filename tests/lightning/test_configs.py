@@ -84,7 +84,7 @@ def test_a_wrong_key_fails_at_parse_time(monkeypatch, capsys):
 def test_an_unknown_task_or_protocol_names_the_known_ones(monkeypatch):
     monkeypatch.chdir(ROOT)
     with pytest.raises(KeyError, match="did you mean math"):
-        build("--config", "configs/ts_math.yaml", "--data.task", "maths").datamodule.task
+        _ = build("--config", "configs/ts_math.yaml", "--data.task", "maths").datamodule.task
     with pytest.raises(ValueError, match="did you mean coral"):  # jsonargparse reports it while instantiating
         build("--config", "configs/ts_math.yaml", "--model.protocol", "koral")
 

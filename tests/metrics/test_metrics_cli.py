@@ -18,9 +18,9 @@ LIBS = Path(records.__file__).resolve().parents[1]  # coral is a namespace packa
 
 
 def write_store(root: Path, records_by_file: dict[str, list]) -> None:
-    for name, records in records_by_file.items():
+    for name, file_records in records_by_file.items():
         with open(root / name, "w", encoding="utf-8") as handle:
-            for record in records:
+            for record in file_records:
                 handle.write(json.dumps(record.to_dict()) + "\n")
 
 

@@ -103,7 +103,7 @@ def chromium_path() -> str:
     """The system Chromium; skips without it (and without Playwright), except under CI, where that fails."""
     found = shutil.which("chromium")
     try:
-        import playwright.sync_api
+        import playwright.sync_api  # noqa: F401
     except ImportError:
         found = None
     if found is None:

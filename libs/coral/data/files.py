@@ -34,7 +34,7 @@ def sha256_file(path: Path) -> str:
 
 
 def sha256_path(path: Path) -> str:
-    """SHA-256 of a file, or of a directory as ``<relative path>\\0<file sha256>\\n`` per file, sorted by path.
+    r"""SHA-256 of a file, or of a directory as ``<relative path>\0<file sha256>\n`` per file, sorted by path.
 
     A directory source (the ``MATH/`` tree of 12,500 files) then has one hash that changes when any file is
     added, removed, renamed or edited, independent of where the tree lives.
@@ -68,10 +68,10 @@ def read_rows(path: Path) -> tuple[list[dict[str, Any]], tuple[str, ...] | None]
 
 
 def write_rows(path: Path, rows: Sequence[Mapping[str, Any]], header: Sequence[str] | None = None) -> None:
-    """Write rows in the format named by ``path``'s suffix.
+    r"""Write rows in the format named by ``path``'s suffix.
 
     ``.jsonl``: one ``json.dumps(row, ensure_ascii=False)`` per line. ``.csv``: ``header`` first, then one
-    record per row, ``\\n`` line ends, quoting as the csv module needs. ``.json``: ``{"data": rows}`` indented
+    record per row, ``\n`` line ends, quoting as the csv module needs. ``.json``: ``{"data": rows}`` indented
     by 4, the call that reproduces Hi-ToM's ``Hi-ToM_data.json`` byte for byte.
     """
     suffix = path.suffix

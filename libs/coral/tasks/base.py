@@ -198,5 +198,5 @@ class Task(ABC):
         """Sub-populations the run's metrics are also reported for (e.g. Hi-ToM's question order)."""
         return {}
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - a no-op unless the task holds worker pools
         """Release worker pools; the task stays usable (pools restart on demand)."""

@@ -38,7 +38,7 @@ def _squash(answer: str) -> str:
 
 
 def _as_latex(answer: str) -> str:
-    """Wrap a bare answer (``\\frac12``, ``0.5``, ``1/2``) so math-verify reads it as one boxed LaTeX answer."""
+    r"""Wrap a bare answer (``\frac12``, ``0.5``, ``1/2``) so math-verify reads it as one boxed LaTeX answer."""
     if "\\boxed" in answer:
         return answer
     return "$\\boxed{" + _UNESCAPED_DOLLAR.sub("", answer).strip() + "}$"
@@ -46,7 +46,7 @@ def _as_latex(answer: str) -> str:
 
 def _load_math_verify() -> None:
     """Worker initializer: pay the import of math-verify and sympy once per worker, not inside a timed call."""
-    import math_verify
+    import math_verify  # noqa: F401
 
 
 def _ping() -> bool:
