@@ -87,7 +87,8 @@ def main(argv: list[str]) -> int:
             print(json.dumps({**check(Path(arg), context), "fairseq2": fairseq2.__version__}))
         except Exception as exc:  # report every file, not just the first bad one
             failed += 1
-            chain, cause = [], exc
+            chain: list[str] = []
+            cause: BaseException | None = exc
             while cause is not None:
                 chain.append(f"{type(cause).__name__}: {cause}")
                 cause = cause.__cause__

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+from collections.abc import Callable
 from typing import Generic, TypeVar
 
 from coral.errors import UnknownName
@@ -17,7 +18,8 @@ class Registry(Generic[T]):
         self.kind = kind
         self._entries: dict[str, type[T]] = {}
 
-    def register(self, name: str):
+    def register(self, name: str) -> Callable[[type[T]], type[T]]:
+        """Class decorator registering the class as ``name``; a second, different class under one name fails."""
         def decorator(cls: type[T]) -> type[T]:
             if name in self._entries and self._entries[name] is not cls:
                 raise ValueError(f"{self.kind} {name!r} is already registered")
@@ -27,6 +29,7 @@ class Registry(Generic[T]):
         return decorator
 
     def get(self, name: str) -> type[T]:
+        """The class registered as ``name``; an unknown name is an ``UnknownName`` listing the closest ones."""
         try:
             return self._entries[name]
         except KeyError:
@@ -36,4 +39,5 @@ class Registry(Generic[T]):
             raise UnknownName(self.kind, f"unknown {self.kind} {name!r}{hint} (known: {known})") from None
 
     def names(self) -> list[str]:
+        """Every registered name, sorted."""
         return sorted(self._entries)

@@ -14,6 +14,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -22,6 +23,8 @@ DEFAULT_MODEL = "SmolLM2-135M-Instruct"
 
 @dataclass(frozen=True)
 class PackagedGGUF:
+    """A GGUF model shipped inside a pip package: the package, the file in it, and a note on its tokenizer."""
+
     package: str
     filename: str
     tokenizer_note: str = ""
@@ -92,7 +95,7 @@ def _convert_gguf(gguf: Path, target: Path) -> None:
     tmp.replace(target) if not target.exists() else None
 
 
-def load(name: str):
+def load(name: str) -> tuple[Any, Any]:
     """Load (model, tokenizer) in fp32 on the CPU, in eval mode."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import types
 from dataclasses import dataclass
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -36,6 +37,7 @@ class KVStore:
 
     @property
     def capacity(self) -> int:
+        """Positions the buffers hold before they grow."""
         return self._keys[0].shape[1]
 
     def _grow(self, needed: int) -> None:
@@ -64,9 +66,11 @@ class KVStore:
         return self._keys[layer][:, :end], self._values[layer][:, :end]
 
     def truncate(self, length: int) -> None:
+        """Forget every position from ``length`` on (the buffers keep their size)."""
         self.length = min(self.length, length)
 
     def clone(self) -> KVStore:
+        """An independent copy: a cached prefix another sequence keeps using, or a sampled branch growing its own."""
         copy = KVStore.__new__(KVStore)
         copy.length = self.length
         copy._keys = [k.clone() for k in self._keys]
@@ -74,6 +78,7 @@ class KVStore:
         return copy
 
     def nbytes(self) -> int:
+        """Bytes the key and value buffers take, capacity included."""
         return sum(k.numel() * k.element_size() * 2 for k in self._keys)
 
 
@@ -94,11 +99,11 @@ def packed_attention(
     attention_mask: torch.Tensor | None,
     scaling: float | None = None,
     dropout: float = 0.0,
-    **kwargs,
+    **kwargs: Any,
 ) -> tuple[torch.Tensor, None]:
     """Attention for a packed row; ``kwargs['segments']`` says which tokens belong to which sequence."""
     segments: list[Segment] = kwargs["segments"]
-    layer = module.layer_idx
+    layer = cast(int, module.layer_idx)  # set on every attention module by transformers
     head_dim = query.shape[3]
     scale = scaling if scaling is not None else head_dim**-0.5
     outputs = []
@@ -150,11 +155,11 @@ def row_blocked(model: torch.nn.Module) -> torch.nn.Module:
     """
     for module in model.modules():
         if isinstance(module, torch.nn.Linear):
-            module.forward = types.MethodType(_row_blocked_linear, module)
+            module.forward = types.MethodType(_row_blocked_linear, module)  # type: ignore[method-assign]
     return model
 
 
-def _no_mask(*args, **kwargs) -> None:
+def _no_mask(*args: Any, **kwargs: Any) -> None:
     """Masks are built per sequence inside ``packed_attention``."""
     return None
 
