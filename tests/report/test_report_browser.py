@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import HAND_OUTCOMES, HOSTILE_TEXT, Page
+from report_helpers import HAND_OUTCOMES, HOSTILE_TEXT, Page
 
 from coral.metrics.aggregate import format_metric
 from coral.report import write_report

@@ -8,8 +8,8 @@ import re
 from pathlib import Path
 
 import pytest
-from conftest import HAND_OUTCOMES, HOSTILE_TEXT, hand_records, write_store
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
+from report_helpers import HAND_OUTCOMES, HOSTILE_TEXT, hand_records, write_store
 
 from coral.metrics import aggregate
 from coral.metrics.aggregate import format_metric
