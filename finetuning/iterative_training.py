@@ -21,6 +21,7 @@ import subprocess
 import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -201,12 +202,12 @@ class IterativeTraining:
         plan = [self._evaluate(0)]
         for k in range(1, cfg.iterations + 1):
             sample, data, trained = self.folder(k, "sample"), self.folder(k, "data"), self.folder(k, "train")
-            plan.append(Step(f"round {k}: sample", sample, lambda k=k, out=sample: run_conversations(
-                cfg.sampling, self.model_of(k - 1), out, cfg.seed + k, []), lambda out=sample: conversations_done(out)))
-            plan.append(Step(f"round {k}: build {cfg.method} data", data, lambda k=k: self._build_data(k),
-                             lambda k=k, out=data: dataset_is_complete(out, cfg.data.for_round(cfg.method, cfg.seed + k))))
-            plan.append(Step(f"round {k}: train", trained, lambda k=k: self._train(k),
-                             lambda out=trained: checkpoint_is_complete(out / "checkpoint")))
+            plan.append(Step(f"round {k}: sample", sample, partial(self._sample, k),
+                             partial(conversations_done, sample)))
+            plan.append(Step(f"round {k}: build {cfg.method} data", data, partial(self._build_data, k),
+                             partial(dataset_is_complete, data, cfg.data.for_round(cfg.method, cfg.seed + k))))
+            plan.append(Step(f"round {k}: train", trained, partial(self._train, k),
+                             partial(checkpoint_is_complete, trained / "checkpoint")))
             plan.append(self._evaluate(k))
         return plan
 
@@ -215,13 +216,19 @@ class IterativeTraining:
         return Step(f"round {k}: evaluate", out, lambda: run_conversations(
             self.config.evaluation, self.model_of(k), out, self.config.seed, []), lambda: conversations_done(out))
 
+    def _sample(self, k: int) -> None:
+        cfg = self.config
+        run_conversations(cfg.sampling, self.model_of(k - 1), self.folder(k, "sample"), cfg.seed + k, [])
+
     def _build_data(self, k: int) -> None:
         cfg = self.config
         rounds = range(1, k + 1) if cfg.data.stack else [k]
         sources = [self.folder(r, "sample") for r in rounds]
-        build = build_dpo if cfg.method == "dpo" else build_sft
         settings = cfg.data.for_round(cfg.method, cfg.seed + k)
-        counts = build(sources, self.folder(k, "data"), settings, self.model_of(k - 1))
+        if isinstance(settings, PairSettings):  # for_round gives pair settings exactly for dpo
+            counts = build_dpo(sources, self.folder(k, "data"), settings, self.model_of(k - 1))
+        else:
+            counts = build_sft(sources, self.folder(k, "data"), settings, self.model_of(k - 1))
         log.info("round %d data: %s", k, counts)
 
     def _train(self, k: int) -> None:

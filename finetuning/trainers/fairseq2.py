@@ -224,6 +224,7 @@ def build_command(
         bin_dir = Path(python).parent  # the venv's bin/ (not resolved: a venv's python is a symlink)
         prefix, fairseq2, torchrun = [], str(bin_dir / "fairseq2"), str(bin_dir / "torchrun")
     else:
+        assert conda_env is not None  # exactly one of the two, checked above
         prefix, fairseq2, torchrun = ["conda", "run", "--no-capture-output", "-n", conda_env], "fairseq2", "torchrun"
     if nproc == 1:
         return [*prefix, fairseq2, *args]

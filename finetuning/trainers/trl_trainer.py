@@ -300,7 +300,7 @@ def _trainer(base: Path, rows: list[dict], out_dir: Path, settings: TrainSetting
     if settings.lora:
         peft_config = LoraConfig(r=settings.lora_r, lora_alpha=settings.lora_alpha, lora_dropout=settings.lora_dropout,
                                  target_modules=list(settings.target_modules), task_type="CAUSAL_LM")
-    common = dict(
+    common: dict[str, Any] = dict(
         output_dir=str(out_dir / TRAINER_DIR), learning_rate=settings.lr, num_train_epochs=settings.epochs,
         max_steps=settings.max_steps, per_device_train_batch_size=settings.batch_size,
         gradient_accumulation_steps=settings.grad_accum, max_length=settings.max_length, seed=settings.seed,
