@@ -25,7 +25,7 @@ import secrets
 import socket
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
@@ -367,7 +367,9 @@ def _sse(payload: dict[str, Any]) -> str:
     return f"data: {json.dumps(payload)}\n\n"
 
 
-async def _stream_events(pieces: AsyncIterator[Delta], answer: _AnswerShape, include_usage: bool) -> AsyncIterator[str]:
+async def _stream_events(
+    pieces: AsyncGenerator[Delta, None], answer: _AnswerShape, include_usage: bool
+) -> AsyncIterator[str]:
     """Server-sent events for a request's stream of ``pieces``, ending with ``data: [DONE]``.
 
     The first piece is awaited before the response starts, so a request that fails at once gets a proper HTTP
@@ -376,7 +378,7 @@ async def _stream_events(pieces: AsyncIterator[Delta], answer: _AnswerShape, inc
     try:
         first = await anext(pieces, None)
     except BackendError as exc:
-        await _aclose(pieces)
+        await pieces.aclose()
         raise _backend_failure(exc) from None
 
     async def events() -> AsyncIterator[str]:
@@ -394,17 +396,10 @@ async def _stream_events(pieces: AsyncIterator[Delta], answer: _AnswerShape, inc
             failure = _backend_failure(exc)
             yield _sse({"error": {"message": failure.message, "type": failure.type, "param": None, "code": failure.code}})
         finally:
-            await _aclose(pieces)
+            await pieces.aclose()  # client gone, or failed: the backend releases what it holds
         yield "data: [DONE]\n\n"
 
     return events()
-
-
-async def _aclose(pieces: AsyncIterator[Delta]) -> None:
-    """Stop a backend's stream early (client gone, or failed), so it can release what it holds."""
-    close = getattr(pieces, "aclose", None)
-    if close is not None:
-        await close()
 
 
 def _piece_events(answer: _AnswerShape, piece: Delta, started: set[int], finished: dict[int, Completion]) -> list[str]:
