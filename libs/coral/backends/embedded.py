@@ -108,8 +108,10 @@ class _PrefixCache:
         self._bytes = 0
 
     def take(self, session_id: str, prompt: list[int]) -> tuple[int, packed.KVStore | None]:
-        """The session's entry sharing the longest prefix with ``prompt``: taken when the prompt extends all of it,
-        copied when only part of it matches (both agents of a conversation share a session but not a view).
+        """The session's entry sharing the longest prefix with ``prompt``, with the length it covers.
+
+        The entry is taken when the prompt extends all of it, copied when only part of it matches (both agents of a
+        conversation share a session but not a view).
         """
         best, best_len = None, 0
         for key, (tokens, _) in self._entries.items():
@@ -182,9 +184,10 @@ class EmbeddedEngine:
 
     # ----------------------------------------------------------------- client side (any thread / event loop)
     def submit(self, chat: ChatRequest, on_delta: Callable[[Delta], None] | None = None) -> asyncio.Future:
-        """Queue a request (its ``model`` picked this engine); the future gets all n Completions. ``on_delta``
-        (called on this event loop) streams the text of each choice as it is generated, the last piece of a choice
-        carrying its Completion.
+        """Queue a request (its ``model`` picked this engine); the future gets all n Completions.
+
+        ``on_delta`` (called on this event loop) streams the text of each choice as it is generated, the last piece
+        of a choice carrying its Completion.
         """
         loop = asyncio.get_running_loop()
         future = loop.create_future()
@@ -192,9 +195,11 @@ class EmbeddedEngine:
         return future
 
     def end_session(self, session_id: str) -> None:
+        """Drop the session's cached prefixes (queued behind the requests already sent)."""
         self._inbox.put(("end_session", session_id))
 
     def close(self) -> None:
+        """Ask the engine's thread to stop; it reads this after whatever was queued before."""
         self._inbox.put(("stop", None))
         self._thread.join(timeout=30)
 
@@ -310,8 +315,10 @@ class EmbeddedEngine:
         return generator
 
     def _schedule(self, running: list[_Sequence]) -> dict[int, int]:
-        """How many of its pending tokens each sequence runs this step, by ``id``: every decoding sequence its one
-        token; prompts a chunk each, oldest first, while ``max_step_tokens`` allows (the oldest always runs).
+        """How many of its pending tokens each sequence runs this step, by ``id``.
+
+        Every decoding sequence runs its one token; prompts a chunk each, oldest first, while ``max_step_tokens``
+        allows (the oldest always runs).
 
         A prompt's chunks are ``prefill_chunk`` tokens from where it starts, whatever runs beside it (a chunk that
         does not fit waits whole for the next step), so its numbers never depend on its neighbours.
@@ -443,7 +450,9 @@ class EmbeddedEngine:
         if all(output is not None for output in request.outputs):
             self._reply(request, result=list(request.outputs))
 
-    def _reply(self, request: _Request, result=None, error: BaseException | None = None) -> None:
+    def _reply(
+        self, request: _Request, result: list[Completion | None] | None = None, error: BaseException | None = None
+    ) -> None:
         def deliver() -> None:
             if request.future.done():
                 return
@@ -504,15 +513,19 @@ class EmbeddedBackend:
         request_timeout: seconds before a request is abandoned and reported as a retryable error.
     """
 
-    def __init__(self, model: str = models.DEFAULT_MODEL, engine: EngineConfig = EngineConfig(), request_timeout: float = 1800.0) -> None:
+    def __init__(
+        self, model: str = models.DEFAULT_MODEL, engine: EngineConfig = EngineConfig(), request_timeout: float = 1800.0
+    ) -> None:
         self.model = model
         self.engine_config = engine
         self.request_timeout = request_timeout
 
     def engine(self, model: str | None = None) -> EmbeddedEngine:
+        """The process's engine for ``model`` (this backend's by default), started on first use."""
         return shared_engine(model or self.model, self.engine_config)
 
     async def chat(self, request: ChatRequest) -> list[Completion]:
+        """All n Completions of the request; a timeout is a retryable BackendError."""
         future = self.engine(request.model).submit(request)
         try:
             return await asyncio.wait_for(future, self.request_timeout)
@@ -520,8 +533,9 @@ class EmbeddedBackend:
             raise BackendError(f"embedded request timed out after {self.request_timeout}s") from None
 
     async def chat_stream(self, request: ChatRequest) -> AsyncIterator[Delta]:
-        """The request's text as the engine generates it: Deltas per choice, token by token; the last Delta of
-        each choice carries its Completion. The pieces of a choice join to exactly its ``chat`` text.
+        """The request's text as the engine generates it: Deltas per choice, token by token.
+
+        The last Delta of each choice carries its Completion. The pieces of a choice join to exactly its ``chat`` text.
         """
         loop = asyncio.get_running_loop()
         pieces: asyncio.Queue[Delta | None] = asyncio.Queue()
@@ -542,6 +556,7 @@ class EmbeddedBackend:
             future.cancel()  # a caller that stops listening frees the engine's sequences
 
     async def end_session(self, session_id: str) -> None:
+        """Every engine of the process forgets the session's cached prefixes."""
         for engine in list(_ENGINES.values()):
             engine.end_session(session_id)
 

@@ -21,6 +21,7 @@ import traceback
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from coral.beliefs import BeliefExtractor
 from coral.conversation.agent import Agent
@@ -56,6 +57,7 @@ class ConversationRunner:
     settings: RunSettings
 
     def pending(self, examples: Iterable[Example], samples: int) -> list[tuple[Example, int]]:
+        """(example, sample index) pairs the store has no record of yet."""
         return [(ex, s) for ex in examples for s in range(samples) if (ex.id, s) not in self.store.done]
 
     async def run(
@@ -97,7 +99,8 @@ class ConversationRunner:
         if stop is not None:
             stopped = asyncio.ensure_future(stop.wait())
             try:
-                await asyncio.wait([everything, stopped], return_when=asyncio.FIRST_COMPLETED)
+                either: list[asyncio.Future[Any]] = [everything, stopped]
+                await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
                 if not everything.done():
                     grace_s = self.settings.stop_grace_s
                     log.warning("stopping: no new conversation starts; %.0f s for those in flight", grace_s)
@@ -140,6 +143,7 @@ class GroupCommit:
         self._writer: asyncio.Task[None] | None = None
 
     async def append(self, record: ConversationRecord) -> bool:
+        """Queue the record; True once it is fsynced, False if the store already had it."""
         future = asyncio.get_running_loop().create_future()
         self._queued.append((record, future))
         if self._writer is None or self._writer.done():

@@ -25,13 +25,14 @@ from coral.report.model import (
 )
 
 if TYPE_CHECKING:
+    from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
 SIZE = (6.0, 3.6)
 """Inches at 100 dpi: readable in the report and small as a PNG (tens of kB)."""
 
 
-def _figure(title: str, xlabel: str, ylabel: str) -> tuple[Figure, object]:
+def _figure(title: str, xlabel: str, ylabel: str) -> tuple[Figure, Axes]:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -46,7 +47,7 @@ def _figure(title: str, xlabel: str, ylabel: str) -> tuple[Figure, object]:
 
 
 def line_chart(
-    series: Mapping[str, Mapping[float, float]],
+    series: Mapping[str, Mapping[int, float]] | Mapping[str, Mapping[float, float]],
     *,
     title: str,
     xlabel: str,
@@ -107,7 +108,7 @@ def histogram(series: Mapping[str, Sequence[float]], *, title: str, xlabel: str,
     return figure
 
 
-def _legend(axes: object, series: Mapping[str, object]) -> None:
+def _legend(axes: Axes, series: Mapping[str, object]) -> None:
     """A legend when runs are compared; a note when no run has anything to show (e.g. no assertive turn)."""
     if not any(series.values()):
         axes.text(0.5, 0.5, "nothing to show", transform=axes.transAxes, ha="center", color="gray")

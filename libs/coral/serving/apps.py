@@ -21,7 +21,7 @@ import dataclasses
 import difflib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from fastapi import FastAPI
 from ray import serve
@@ -109,7 +109,8 @@ class EmbeddedAppArgs:
 def build_embedded_app(args: dict[str, Any]) -> serve.Application:
     """The embedded engine as a Ray Serve application (``import_path: coral.serving.apps:build_embedded_app``)."""
     parsed = EmbeddedAppArgs.parse(args)
-    deployment = EmbeddedDeployment.options(**parsed.deployment_options())
+    # @serve.deployment made the class a Deployment; Ray's annotations still give the class
+    deployment = cast(serve.Deployment, EmbeddedDeployment).options(**parsed.deployment_options())
     return deployment.bind(parsed.model, parsed.served_name or parsed.model, parsed.engine, parsed.token)
 
 
