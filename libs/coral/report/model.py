@@ -34,7 +34,6 @@ class Conversation:
     """What the report's list and plots need of one record, computed once."""
 
     record: ConversationRecord
-    metrics: dict[str, float | None]
     outcome: str
     agreed_at: int | None  # index of the first turn that agreed with its partner; None: never agreed
     errored: bool
@@ -64,25 +63,19 @@ class Run:
     @property
     def compat(self) -> bool:
         """Whether the metrics use the reference's definitions (``--model.compat_metrics``)."""
-        return bool(_model_args(self.config).get("compat_metrics", False))
-
-    @property
-    def records(self) -> list[ConversationRecord]:
-        """The stored records, in store order."""
-        return [conversation.record for conversation in self.conversations]
+        return _compat(self.config)
 
 
 def load_runs(folders: Sequence[str | Path]) -> list[Run]:
     """Read every folder (see ``load_run``), labelled by folder name; a name shared by two folders gets its parent."""
     paths = [Path(folder) for folder in folders]
     names = Counter(path.resolve().name for path in paths)
-    labels = [path.resolve().name if names[path.resolve().name] == 1 else _long_label(path) for path in paths]
+    labels = [path.resolve().name if names[path.resolve().name] == 1 else _parent_label(path) for path in paths]
     return [load_run(path, label) for path, label in zip(paths, labels, strict=True)]
 
 
-def _long_label(path: Path) -> str:
-    parts = path.resolve().parts
-    return "/".join(parts[-2:])
+def _parent_label(path: Path) -> str:
+    return "/".join(path.resolve().parts[-2:])
 
 
 def load_run(folder: str | Path, label: str | None = None) -> Run:
@@ -97,12 +90,11 @@ def load_run(folder: str | Path, label: str | None = None) -> Run:
         raise FileNotFoundError(f"{folder}: no conversations*.jsonl results file here")
     config = _read_config(folder / CONFIG_FILE)
     records = read_records(folder)
-    compat = bool(_model_args(config).get("compat_metrics", False))
     metrics_path = folder / METRICS_FILE
     if metrics_path.is_file():
         metrics = _read_json(metrics_path)
     else:
-        metrics = aggregate(records, compat=compat)
+        metrics = aggregate(records, compat=_compat(config))
     conversations = [_conversation(record) for record in records]
     return Run(folder, label or folder.resolve().name, conversations, metrics, metrics_path.is_file(), config)
 
@@ -129,11 +121,11 @@ def _read_config(path: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def _model_args(config: Mapping[str, Any]) -> Mapping[str, Any]:
+def _compat(config: Mapping[str, Any]) -> bool:
+    """``model.init_args.compat_metrics`` of a resolved config (False when the config says nothing)."""
     model = config.get("model")
-    if not isinstance(model, Mapping):
-        return {}
-    return model.get("init_args") or {}
+    arguments = (model.get("init_args") or {}) if isinstance(model, Mapping) else {}
+    return bool(arguments.get("compat_metrics", False))
 
 
 # ---------------------------------------------------------------------------------------------- one conversation
@@ -141,7 +133,6 @@ def _conversation(record: ConversationRecord) -> Conversation:
     metrics = conversation_metrics(record)
     return Conversation(
         record=record,
-        metrics=metrics,
         outcome=outcome(record, metrics),
         agreed_at=next((turn.index for turn in record.turns if turn.agreement), None),
         errored=bool(metrics["conv_err"]),
@@ -149,12 +140,13 @@ def _conversation(record: ConversationRecord) -> Conversation:
     )
 
 
-def outcome(record: ConversationRecord, metrics: Mapping[str, float | None] | None = None) -> str:
-    """``correct`` / ``incorrect`` by ``final_answer_accuracy`` (the last belief's grade).
+def outcome(record: ConversationRecord, metrics: Mapping[str, float | None]) -> str:
+    """The conversation's outcome: its last belief's grade, or ``no answer`` when no generated turn committed to one.
 
-    ``no answer`` when no generated turn committed to one.
+    Args:
+        record: the conversation.
+        metrics: its ``conversation_metrics`` (``final_answer_accuracy`` is the last belief's grade).
     """
-    metrics = metrics if metrics is not None else conversation_metrics(record)
     if metrics["final_answer_accuracy"]:
         return "correct"
     answered = any(turn.generated and turn.belief is not None for turn in record.turns)

@@ -19,9 +19,11 @@ from collections.abc import Mapping, Sequence
 from importlib import resources
 from typing import Any
 
+import yaml
+
 from coral.metrics.aggregate import format_metric, metric_order
 from coral.metrics.definitions import definition
-from coral.report.model import Conversation, Run, config_differences, setup
+from coral.report.model import MISSING, Conversation, Run, config_differences, setup
 from coral.store import encode
 
 PREVIEW_CHARS = 120
@@ -76,8 +78,8 @@ def _nav() -> str:
 
 # ---------------------------------------------------------------------------------------------- static sections
 def _setup_section(runs: Sequence[Run]) -> str:
-    rows = list(dict.fromkeys(key for run in runs for key in setup(run)))
     setups = [setup(run) for run in runs]
+    rows = list(dict.fromkeys(key for values in setups for key in values))
     body = "".join(
         f"<tr><th>{_e(key)}</th>" + "".join(f"<td>{_e(values.get(key, '-'))}</td>" for values in setups) + "</tr>"
         for key in rows
@@ -92,8 +94,6 @@ def _setup_section(runs: Sequence[Run]) -> str:
 
 
 def _yaml(config: Mapping[str, Any]) -> str:
-    import yaml
-
     return yaml.safe_dump(dict(config), sort_keys=False)
 
 
@@ -107,10 +107,14 @@ def _differences(runs: Sequence[Run]) -> str:
     if not differences:
         return "<p>The runs' configurations are the same.</p>"
     body = "".join(
-        f"<tr><th>{_e(key)}</th>" + "".join(f"<td>{_e(json.dumps(v, default=str))}</td>" for v in values) + "</tr>"
+        f"<tr><th>{_e(key)}</th>" + "".join(f"<td>{_e(_config_value(v))}</td>" for v in values) + "</tr>"
         for key, values in differences.items()
     )
     return f"<h3>Configuration differences</h3><table class='diff'>{_run_header(runs, 'key')}{body}</table>"
+
+
+def _config_value(value: Any) -> str:
+    return value if value == MISSING else json.dumps(value, default=str)
 
 
 def _metrics_section(runs: Sequence[Run]) -> str:
