@@ -26,8 +26,9 @@ class ConfigError(ValueError):
 
 
 class UnknownName(ConfigError, KeyError):
-    """A configuration names a component (task, protocol, instruction style) that is not registered; the message
-    lists the closest known names. Still a KeyError, as a failed lookup by name.
+    """A configuration names a component (task, protocol, instruction style) that is not registered.
+
+    The message lists the closest known names. Still a KeyError, as a failed lookup by name.
     """
 
     def __init__(self, kind: str, message: str) -> None:

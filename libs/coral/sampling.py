@@ -37,4 +37,5 @@ class SamplingParams:
         object.__setattr__(self, "stop", tuple(self.stop))
 
     def with_seed(self, seed: int) -> SamplingParams:
+        """The same parameters with another seed (each request gets its own)."""
         return replace(self, seed=seed)

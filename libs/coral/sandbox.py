@@ -103,6 +103,7 @@ class SandboxResult:
 
     @property
     def passed(self) -> bool:
+        """Exit 0 (and, for tests, every assert ran)."""
         return self.status == "passed"
 
 

@@ -23,6 +23,7 @@ class SeedPrefix:
         self._hash = hashlib.sha256(_SEP.join(map(str, (run_seed, *parts))).encode())
 
     def derive(self, *more: object) -> int:
+        """``derive_seed(run_seed, *parts, *more)``."""
         digest = self._hash.copy()
         if more:
             digest.update((_SEP + _SEP.join(map(str, more))).encode())

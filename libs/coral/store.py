@@ -30,11 +30,13 @@ FILE_STEM = "conversations"
 
 
 def rank_file(root: str | Path, rank: int = 0) -> Path:
+    """The results file a rank writes under ``root`` (rank 0 keeps the plain name)."""
     name = f"{FILE_STEM}.jsonl" if rank == 0 else f"{FILE_STEM}.rank{rank}.jsonl"
     return Path(root) / name
 
 
 def store_files(root: str | Path) -> list[Path]:
+    """Every rank's results file under ``root``, sorted."""
     return sorted(Path(root).glob(f"{FILE_STEM}*.jsonl"))
 
 

@@ -86,8 +86,9 @@ def _means(rows: Iterable[Mapping[str, float | None]]) -> dict[str, float]:
 
 
 def accuracy_by_turn(records: Iterable[ConversationRecord]) -> dict[str, float]:
-    """``accuracy_turn_<k>``: among conversations whose turn ``k`` was generated without error, the fraction
-    whose turn-``k`` belief is correct. Shows whether talking longer helps.
+    """``accuracy_turn_<k>``: the share of turn-``k`` beliefs that are correct.
+
+    Among conversations whose turn ``k`` was generated without error. Shows whether talking longer helps.
     """
     counts: dict[int, list[int]] = {}  # turn index -> [correct, total]
     for record in records:
@@ -122,8 +123,10 @@ def format_metric(value: float | None) -> str:
 
 
 def summary_table(metrics: Mapping[str, float | None], conversation: bool = True) -> str:
-    """A fixed-width two-column table (metric, value to 4 decimals): headline metrics first, then the rest
-    sorted by name. Integers (``n_conversations``) print without decimals.
+    """A fixed-width two-column table (metric, value to 4 decimals).
+
+    Headline metrics come first, then the rest sorted by name. Integers (``n_conversations``) print without
+    decimals.
 
     Args:
         metrics: what ``aggregate`` returned.

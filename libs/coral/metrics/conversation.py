@@ -49,7 +49,9 @@ def _flag(value: bool) -> float:
 
 
 def _turn_counts(record: ConversationRecord, compat: bool) -> Metrics:
-    """``conv_err``: a generation failure ended the conversation, or it raised (stored with no turns at all);
+    """``conv_err`` and ``total_turns``.
+
+    ``conv_err``: a generation failure ended the conversation, or it raised (stored with no turns at all);
     ``total_turns``: its length.
     """
     errored = not record.turns or record.turns[-1].error is not None
