@@ -75,6 +75,7 @@ RULES = [
     Rule("python -m finetuning.trainers.trl_trainer", "run", "one DPO step"),
     Rule("python finetuning/iterative_training.py", "parse", "20 minutes on a CPU, or Slurm; config parsed"),
     Rule("coral-serve", "parse", "starts servers, Ray clusters, Slurm jobs or GPU apps; tests/serving runs them"),
+    Rule("coral-report", "run", "on hand-made results folders (tests/report checks a real run's report in Chromium)"),
 ]  # fmt: skip
 
 
@@ -195,6 +196,17 @@ def test_the_training_steps_run(workspace):
     for command in commands("build", "python lightning_modules/trainer.py"):
         built = main(argv(command)[3:], run=False)
         assert built.model.hparams.max_turns >= 1 and built.datamodule.task_name, command
+
+
+def test_report_commands_run(workspace):
+    from coral.report.__main__ import main as report
+
+    for command in commands("run", "coral-report"):
+        for folder in (arg for arg in argv(command)[1:] if arg.startswith("results/")):
+            if not (workspace / folder).exists():
+                ResultStore(workspace / folder).append(tree("p1"))
+        assert report(argv(command)[1:]) == 0, command
+    assert (workspace / "results" / "ts_mmlu_pro" / "report.html").is_file() and (workspace / "cmp.html").is_file()
 
 
 def test_commands_that_need_a_cluster_parse(workspace):
