@@ -56,8 +56,10 @@ KINDS = {"sft": "examples", "dpo": "pairs"}
 
 
 def load_chat_tokenizer(model: Any) -> Any:
-    """A tokenizer with a chat template: ``model`` itself if it is one, else the tokenizer of the checkpoint that
-    ``coral.backends.models.resolve`` finds for a model name or folder (so names mean the same as for evaluation).
+    """A tokenizer with a chat template.
+
+    ``model`` itself if it is one, else the tokenizer of the checkpoint that ``coral.backends.models.resolve`` finds
+    for a model name or folder (so names mean the same as for evaluation).
     """
     if hasattr(model, "apply_chat_template"):
         tokenizer = model
@@ -124,6 +126,7 @@ def _plain(settings: Any) -> dict[str, Any]:
 
 
 def coral_version() -> str:
+    """The installed coral's version, recorded in every dataset's settings.json."""
     try:
         return importlib.metadata.version("coral")
     except importlib.metadata.PackageNotFoundError:
@@ -131,7 +134,7 @@ def coral_version() -> str:
 
 
 def dataset_settings(kind: str, settings: Any, sources: Sequence[Mapping[str, Any]], model: Any,
-                     tokenizer: Any) -> dict[str, Any]:  # fmt: skip
+                     tokenizer: Any) -> dict[str, Any]:
     """Everything needed to rebuild or trace a dataset: what selected it, from which records, for which model."""
     if kind not in KINDS:
         raise ValueError(f"dataset kind must be one of {', '.join(KINDS)}, got {kind!r}")
@@ -175,7 +178,7 @@ def _json(data: Mapping[str, Any]) -> str:
 
 
 def write_dataset(out: str | Path, files: Mapping[str, Sequence[Mapping[str, Any]]], settings: Mapping[str, Any],
-                  counts: Mapping[str, Any]) -> dict[str, Any]:  # fmt: skip
+                  counts: Mapping[str, Any]) -> dict[str, Any]:
     """Write a dataset folder all at once (a temp folder renamed into place, replacing any older one).
 
     Returns counts as written to counts.json: ``counts`` plus ``files``, every data file's line count.
@@ -223,8 +226,10 @@ def _line_count(path: Path) -> int | None:
 
 
 def dataset_is_complete(out: str | Path, settings: Any = None) -> bool:
-    """Whether ``out`` holds a whole dataset: settings.json and counts.json readable, every data file present with
-    the line count counts.json records, and (when ``settings`` is given) built with exactly those settings.
+    """Whether ``out`` holds a whole dataset.
+
+    That is: settings.json and counts.json readable, every data file present with the line count counts.json
+    records, and (when ``settings`` is given) built with exactly those settings.
     """
     out = Path(out)
     try:

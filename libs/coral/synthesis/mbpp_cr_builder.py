@@ -33,7 +33,7 @@ from coral.tasks.base import read_jsonl, require
 log = logging.getLogger(__name__)
 
 SPLITS: dict[str, tuple[int, int]] = {"prompt": (1, 10), "test": (11, 510), "validation": (511, 600),
-                                      "train": (601, 974)}  # fmt: skip
+                                      "train": (601, 974)}
 """MBPP task_id ranges (MBPP's README; Hugging Face uses the same), inclusive."""
 DEFAULT_SAMPLES = {"prompt": 2, "test": 2, "validation": 2, "train": 10}
 """Samples per task: the paper's 10 per train task and 2 per test task."""
@@ -162,7 +162,7 @@ async def build_mbpp_cr(
 
 
 async def _sample(row: dict[str, Any], index: int, backend: ChatBackend, model: str | None, seed: int,
-                  sampling: SamplingParams, limits: SandboxLimits) -> dict[str, Any] | None:  # fmt: skip
+                  sampling: SamplingParams, limits: SandboxLimits) -> dict[str, Any] | None:
     task_id = row["task_id"]
     sample_seed = derive_seed(seed, task_id, index)
     try:
@@ -202,7 +202,9 @@ def _append(handle: TextIO, row: dict[str, Any]) -> None:
 
 def main(argv: Sequence[str] | None = None, backend: ChatBackend | None = None) -> BuildCounts:
     """``python -m coral.synthesis.mbpp_cr_builder``: build one split with the embedded backend by default."""
-    parser = argparse.ArgumentParser(prog="python -m coral.synthesis.mbpp_cr_builder", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m coral.synthesis.mbpp_cr_builder", description=__doc__.split("\n")[0]
+    )
     parser.add_argument("--mbpp", required=True, help="MBPP's original mbpp.jsonl")
     parser.add_argument("--split", choices=sorted(SPLITS), default="test", help="MBPP split, by task_id range")
     parser.add_argument("--samples", type=int, help="solutions per task (default: 10 for train, else 2)")
@@ -229,7 +231,7 @@ def main(argv: Sequence[str] | None = None, backend: ChatBackend | None = None) 
     counts = asyncio.run(build_mbpp_cr(
         rows, backend, args.model, samples_per_task=args.samples or DEFAULT_SAMPLES[args.split], out_path=args.out,
         seed=args.seed, sampling=sampling, concurrency=args.concurrency, limits=limits,
-    ))  # fmt: skip
+    ))
     print(json.dumps({"out": os.fspath(args.out), "split": args.split, **asdict(counts)}))
     return counts
 

@@ -130,14 +130,16 @@ class PreferencePair:
     """Score gap that ordered the pair under the level cap (1.0 without penalties)."""
 
     def provenance(self) -> dict[str, Any]:
+        """The pair's line in the dataset's provenance file."""
         return {**asdict(self.origin), "chosen_seed": self.chosen_seed, "rejected_seed": self.rejected_seed,
-                "gap": self.gap}  # fmt: skip
+                "gap": self.gap}
 
 
 # ---- helpers shared with coral.synthesis.sft -----------------------------------------------------------------
 
 
 def problem_key(record: ConversationRecord) -> tuple[str, str]:
+    """One problem across samples, seeds and result folders."""
     return (record.task, record.example_id)
 
 
@@ -147,9 +149,10 @@ def tree_key(record: ConversationRecord) -> tuple[str, str, str, int, int]:
 
 
 def origin_of(record: ConversationRecord, index: int) -> Origin:
+    """The provenance of the record's turn ``index``."""
     turn = record.turns[index]
     return Origin(record.task, record.example_id, record.sample_index, record.run_seed, record.config_hash, index,
-                  turn.speaker)  # fmt: skip
+                  turn.speaker)
 
 
 def prompt_at(record: ConversationRecord, index: int) -> list[Message]:
@@ -180,6 +183,7 @@ def seeded_shuffle(items: list[Any], seed: int, *coordinates: object) -> list[An
 
 
 def prompt_key(prompt: list[Message]) -> str:
+    """A prompt as a canonical string, the key that deduplicates pairs and examples."""
     return json.dumps(prompt, ensure_ascii=False, sort_keys=True)
 
 
@@ -187,7 +191,7 @@ def per_problem_summary(sizes: list[int], cap: int | None) -> dict[str, float | 
     """How many examples each problem contributed, so an imbalance (or a binding cap) shows in counts.json."""
     if not sizes:
         return {"problems": 0, "with_examples": 0, "min": None, "max": None, "mean": None, "median": None,
-                "at_cap": 0}  # fmt: skip
+                "at_cap": 0}
     return {
         "problems": len(sizes),
         "with_examples": sum(1 for size in sizes if size),
@@ -255,7 +259,7 @@ def _scores(level: _Level, settings: PairSettings) -> list[float]:
         correct = 1.0 if grade == CORRECT else 0.0
         agreed_wrong = float(turn.agreement) * (1.0 - correct)
         scores.append(correct - settings.agree_wrong_penalty * agreed_wrong
-                      - settings.length_penalty * (length - low) / (1 + high - low))  # fmt: skip
+                      - settings.length_penalty * (length - low) / (1 + high - low))
     return scores
 
 
@@ -279,7 +283,7 @@ def _level_pairs(level: _Level, settings: PairSettings, dropped: dict[str, int])
             else:
                 gap = round(chosen_score - rejected_score, 6)
                 pairs.append(PreferencePair(level.prompt, chosen.text, rejected.text, level.origin, chosen.seed,
-                                            rejected.seed, gap))  # fmt: skip
+                                            rejected.seed, gap))
     return pairs
 
 
@@ -293,7 +297,7 @@ def _cap_level(pairs: list[PreferencePair], level: _Level, settings: PairSetting
     """Random among equals, but larger score gaps first: penalties decide which pairs a cap keeps."""
     origin = level.origin
     shuffled = seeded_shuffle(pairs, settings.seed, "level", origin.task, origin.example_id, origin.config_hash,
-                              origin.run_seed, origin.sample_index, origin.turn)  # fmt: skip
+                              origin.run_seed, origin.sample_index, origin.turn)
     shuffled.sort(key=lambda pair: -pair.gap)
     return shuffled[: settings.max_pairs_per_level]
 

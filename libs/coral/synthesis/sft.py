@@ -79,6 +79,7 @@ class SFTExample:
     seed: int | None
 
     def provenance(self) -> dict[str, Any]:
+        """The example's line in the dataset's provenance file."""
         return {**asdict(self.origin), "seed": self.seed}
 
 
@@ -126,7 +127,7 @@ def select_sft(records: Sequence[ConversationRecord], settings: SFTSettings) -> 
             counts["examples_possible"] += len(indices)
             for index in indices:
                 example = SFTExample(prompt_at(record, index), record.turns[index].text, origin_of(record, index),
-                                     record.turns[index].seed)  # fmt: skip
+                                     record.turns[index].seed)
                 key = (prompt_key(example.prompt), example.target)
                 if settings.dedupe and key in seen:
                     counts["dropped"]["duplicate"] += 1
