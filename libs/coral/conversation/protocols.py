@@ -18,6 +18,8 @@ PROTOCOLS: Registry[Protocol] = Registry("protocol")
 
 
 class Protocol(ABC):
+    """Who speaks, what each agent sees and when a conversation ends; registered by name in ``PROTOCOLS``."""
+
     name: ClassVar[str]
 
     @abstractmethod
@@ -34,6 +36,7 @@ def agent_view(system_prompt: str, speaker: str, turns: list[Turn]) -> list[Mess
 
 
 def latest_turn_of(turns: list[Turn], speaker: str) -> Turn | None:
+    """The speaker's latest generated turn, if any."""
     return next((t for t in reversed(turns) if t.speaker == speaker and t.generated), None)
 
 
@@ -59,6 +62,7 @@ class CoralProtocol(Protocol):
         self.posed = posed
 
     async def run(self, ctx: ConversationContext) -> ConversationRecord:
+        """Alternate the two agents from the opening until they agree, a turn fails or ``max_turns`` is reached."""
         speakers = list(ctx.agents)
         if self.asker not in speakers or len(speakers) != 2:
             raise ValueError(f"the coral protocol needs two agents including {self.asker!r}, got {speakers}")

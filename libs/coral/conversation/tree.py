@@ -43,6 +43,7 @@ STRATEGIES: dict[str, Strategy] = {"random": pick_random, "stratified": pick_str
 
 
 def strategy(name: str) -> Strategy:
+    """The expansion strategy registered as ``name`` in ``STRATEGIES``."""
     if name not in STRATEGIES:
         raise ValueError(f"unknown expansion strategy {name!r} (known: {', '.join(STRATEGIES)})")
     return STRATEGIES[name]

@@ -85,6 +85,7 @@ class SourceReader:
         self._task: Task | None = None
 
     def __call__(self, path: Path) -> Loaded:
+        """Read and validate ``path`` with the task's loader, keeping its stored rows to write back."""
         if not path.exists():
             raise PrepareError(f"source not found: {path}")
         examples = self.task.read(path)  # the whole source is validated before any split is made
@@ -103,6 +104,7 @@ class SourceReader:
 
     @property
     def task(self) -> Task:
+        """The registered task named ``task_name``, built on first use."""
         if self._task is None:
             if self.task_name not in TASKS.names():
                 raise PrepareError(
@@ -113,6 +115,7 @@ class SourceReader:
         return self._task
 
     def close(self) -> None:
+        """Release the task's worker pools, if it was built."""
         if self._task is not None:
             self._task.close()
 

@@ -160,8 +160,10 @@ class Task(ABC):
 
     @abstractmethod
     def opening_message(self, example: Example, posed: bool = False) -> str:
-        """Turn 0: the asker asks its partner for help with the problem, or (``posed``) sets it for the partner
-        to solve (the reference's teacher-first variant; ``opening_lead`` words both).
+        """Turn 0: the asker asks its partner for help with the problem, or (``posed``) sets it.
+
+        Setting the problem for the partner to solve is the reference's teacher-first variant; ``opening_lead``
+        words both.
         """
 
     def instruction(self, style: str) -> str:

@@ -86,8 +86,9 @@ def reference_match(prediction: str, target: str) -> bool:
 
 
 class ShortAnswerTask(Task):
-    """A story, a question and a short free-text answer; subclasses write ``load`` and put the story in
-    ``Example.source["story"]``.
+    """A story, a question and a short free-text answer.
+
+    Subclasses write ``load`` and put the story in ``Example.source["story"]``.
 
     Args:
         compat: reproduce the reference's normalisation, matcher and string-equality agreement.
