@@ -114,13 +114,17 @@ class InvalidRequestError(BackendError):
 class ChatBackend(Protocol):
     """Anything that answers chat requests."""
 
-    async def chat(self, request: ChatRequest) -> list[Completion]: ...
+    async def chat(self, request: ChatRequest) -> list[Completion]:
+        """The request's ``n`` completions; a failure is a BackendError that says whether a retry may help."""
+        ...
 
     async def end_session(self, session_id: str) -> None:
         """The conversation is over; state kept for it may be dropped."""
         ...
 
-    async def aclose(self) -> None: ...
+    async def aclose(self) -> None:
+        """Release what this object holds (connections, sessions); the backend is not used after this."""
+        ...
 
 
 @runtime_checkable

@@ -119,8 +119,10 @@ class GrpcBackend:
         return [tries.charge(replace(c, latency_s=latency_s)) for c in completions]
 
     async def chat_stream(self, request: ChatRequest) -> AsyncIterator[Delta]:
-        """Text pieces as the server generates them (ChatStream). Only opening the stream is retried: once a
-        piece has been yielded, a failure is final. Each choice's Completion counts the failed openings.
+        """Text pieces as the server generates them (ChatStream).
+
+        Only opening the stream is retried: once a piece has been yielded, a failure is final. Each choice's
+        Completion counts the failed openings.
         """
         message = to_request(replace(request, model=request.model or self.model))
         metadata = self._metadata(request.session_id)
@@ -149,14 +151,16 @@ class GrpcBackend:
         """The protocol has no call to drop a session; servers evict idle sessions themselves."""
 
     async def aclose(self) -> None:
+        """Close the channel; a later call opens a new one."""
         if self._channel is not None:
             channel, self._channel, self._stub = self._channel, None, None
             await _close_quietly(channel)
 
 
 async def _call(rpc: Callable[[], Awaitable[T]], target: str, retryable: bool = True) -> T:
-    """Await one RPC (or one message of a stream); a failed status becomes a BackendError naming the code,
-    retryable for RETRYABLE_CODES and carrying the server's pushback, and so does an undecodable answer.
+    """Await one RPC (or one message of a stream); a failed status or an undecodable answer is a BackendError.
+
+    The error names the status code, is retryable for RETRYABLE_CODES and carries the server's pushback.
     """
     try:
         answer = await rpc()
@@ -164,7 +168,8 @@ async def _call(rpc: Callable[[], Awaitable[T]], target: str, retryable: bool = 
         code = exc.code()
         message = f"{target}: {code.name}: {exc.details()}"
         retry_after = _pushback_s(exc.trailing_metadata())
-        raise BackendError(message, retryable=retryable and code in RETRYABLE_CODES, retry_after_s=retry_after) from None
+        retryable = retryable and code in RETRYABLE_CODES
+        raise BackendError(message, retryable=retryable, retry_after_s=retry_after) from None
     if answer is None:  # grpc logs a message it cannot decode and hands over None
         raise BackendError(f"{target}: the answer could not be decoded", retryable=retryable)
     return answer

@@ -160,6 +160,7 @@ class OpenAIHTTPBackend:
         """Servers keep no per-session state that a client could drop over this API."""
 
     async def aclose(self) -> None:
+        """Close the pooled HTTP session; a later call opens a new one."""
         if self._session is not None:
             session, self._session = self._session, None
             await _close_quietly(session)
@@ -215,12 +216,14 @@ def _completions(data: dict[str, Any], header_replica: str | None, url: str) -> 
             for i, choice in enumerate(choices)
         ]
     except (KeyError, TypeError, ValueError, AttributeError) as exc:  # a broken answer, retried like a 5xx
-        raise BackendError(f"{url}: malformed chat.completion answer ({type(exc).__name__}: {exc})", retryable=True) from None
+        problem = f"{url}: malformed chat.completion answer ({type(exc).__name__}: {exc})"
+        raise BackendError(problem, retryable=True) from None
 
 
 def retry_after_s(value: str | None) -> float | None:
-    """Seconds a ``Retry-After`` header asks to wait (a number of seconds or an HTTP date); None if absent or
-    unreadable.
+    """Seconds a ``Retry-After`` header asks to wait (a number of seconds or an HTTP date).
+
+    None if the header is absent or unreadable.
     """
     if not value:
         return None

@@ -59,8 +59,10 @@ class Tries:
     failures: list[str] = field(default_factory=list)
 
     def failed(self, exc: BaseException) -> None:
-        """Count a failed try; a BackendError that stands for several requests (a transport that gave up) counts
-        as all of them, with their reasons.
+        """Count a failed try.
+
+        A BackendError that stands for several requests (a transport that gave up) counts as all of them, with
+        their reasons.
         """
         if isinstance(exc, BackendError):
             self.attempts += exc.attempts
@@ -104,8 +106,9 @@ async def call_with_retries(
 async def call_with_transport_retries(
     call: Callable[[], Awaitable[T]], policy: RetryPolicy, seed: int | None, target: str
 ) -> tuple[T, Tries]:
-    """``call_with_retries`` for a network backend, where one try is one request: the result and the tries that
-    failed before it (``Tries.charge`` puts them on the Completions).
+    """``call_with_retries`` for a network backend, where one try is one request.
+
+    Returns the result and the tries that failed before it (``Tries.charge`` puts them on the Completions).
 
     Once retries are spent the failure is final: the error says so and is not retryable, so a caller with its
     own retry loop (the conversation layer, the judge) does not multiply the attempts. Either way the raised
@@ -117,6 +120,7 @@ async def call_with_transport_retries(
     except BackendError as exc:
         if exc.retryable:
             message = f"{target}: gave up after {tries.attempts} attempts: {exc}"
-            raise BackendError(message, retryable=False, attempts=tries.attempts, failures=tuple(tries.failures)) from exc
+            failures = tuple(tries.failures)
+            raise BackendError(message, retryable=False, attempts=tries.attempts, failures=failures) from exc
         exc.attempts, exc.failures = tries.attempts, tuple(tries.failures)  # keeps its type (an HTTP status)
         raise

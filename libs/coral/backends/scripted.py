@@ -27,6 +27,7 @@ class ScriptedBackend:
         self.ended_sessions: list[str] = []
 
     async def chat(self, request: ChatRequest) -> list[Completion]:
+        """The script's replies, one per choice (choice i gets seed + i); a reply that is an exception is raised."""
         self.calls.append(request)
         if self.latency_s:
             await asyncio.sleep(self.latency_s)
@@ -44,8 +45,9 @@ class ScriptedBackend:
         return replies
 
     async def end_session(self, session_id: str) -> None:
+        """Recorded in ``ended_sessions``, for tests."""
         self.ended_sessions.append(session_id)
 
     async def aclose(self) -> None:
-        pass
+        """Nothing to release."""
 
