@@ -81,8 +81,10 @@ class ConversationContext:
         return list(await asyncio.gather(*branches))
 
     async def _ask(self, speaker: str, messages: list[Message], index: int, seed: int, n: int) -> list[Turn]:
-        """Turns from one request for ``n`` candidates; every request sent and why each failed one failed (a
-        network backend's own retries included) are recorded on them.
+        """Turns from one request for ``n`` candidates.
+
+        Every request sent and why each failed one failed (a network backend's own retries included) are recorded
+        on them.
         """
         agent = self.agents[speaker]
         request = ChatRequest(messages, agent.sampling.with_seed(seed), agent.model, n, self.session_id)
@@ -133,6 +135,7 @@ class ConversationContext:
         return await self.task.agree(a.belief, b.belief, self.example)
 
     def record(self, protocol: str, turns: list[Turn], stop_reason: StopReason) -> ConversationRecord:
+        """The conversation's record: this context's example, agents and settings with the protocol's turns."""
         return ConversationRecord(
             example_id=self.example.id,
             sample_index=self.sample_index,

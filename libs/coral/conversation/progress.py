@@ -61,8 +61,9 @@ class Snapshot:
         return remaining / self.conversations_per_s if self.conversations_per_s > 0 else None
 
     def line(self, final: bool = False) -> str:
-        """One line for a person, most telling first (a terminal cuts the end); ``final``: the run is over, so it says
-        what was left undone instead of a time left.
+        """One line for a person, most telling first (a terminal cuts the end).
+
+        ``final``: the run is over, so the line says what was left undone instead of a time left.
         """
         percent = 100 * self.done // self.total if self.total else 100
         if final:
@@ -103,6 +104,7 @@ class Progress:
         self._finished = self._turns = self._tokens = 0  # since the start
 
     def add(self, record: ConversationRecord) -> None:
+        """Count a finished conversation (an errored one too) with its generated turns and tokens."""
         turns, tokens = generated(record)
         self.done += 1
         self.errors += record.stop_reason == "error"

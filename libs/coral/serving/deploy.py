@@ -125,7 +125,7 @@ class Application:
             (lambda: self.num_cpus is None or (_is_number(self.num_cpus) and self.num_cpus >= 0),
              f"num_cpus must be a number >= 0, got {self.num_cpus!r}"),
             (lambda: isinstance(self.engine_args, dict), f"engine_args must be a mapping, got {self.engine_args!r}"),
-            (lambda: all(v is None or isinstance(v, str) for v in (self.served_name, self.token, self.accelerator_type)),
+            (lambda: all(isinstance(v, str | None) for v in (self.served_name, self.token, self.accelerator_type)),
              "served_name, token and accelerator_type must be strings"),
         ]
         problems = next(([message] for ok, message in checks if not ok()), [])

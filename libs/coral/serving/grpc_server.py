@@ -49,6 +49,7 @@ class ChatServicer(pb_grpc.CoralChatServicer):
 
     @property
     def replica(self) -> str:
+        """The replica's name as responses report it ("" when none was given)."""
         return (self._replica() if callable(self._replica) else self._replica) or ""
 
     # -------------------------------------------------------------------- transport-free logic
@@ -98,6 +99,7 @@ class ChatServicer(pb_grpc.CoralChatServicer):
 
     # -------------------------------------------------------------------- grpc.aio adapters
     async def Chat(self, request: pb.ChatRequest, context: grpc.aio.ServicerContext) -> pb.ChatResponse:
+        """grpc.aio's unary handler: ``respond``, with an RpcAbort ending the call with its status."""
         try:
             return await self.respond(request, context.invocation_metadata() or ())
         except RpcAbort as abort:
@@ -106,6 +108,7 @@ class ChatServicer(pb_grpc.CoralChatServicer):
     async def ChatStream(
         self, request: pb.ChatRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.ChatChunk]:
+        """grpc.aio's streaming handler: ``stream``, with an RpcAbort ending the call with its status."""
         try:
             async for chunk in self.stream(request, context.invocation_metadata() or ()):
                 yield chunk
@@ -123,7 +126,9 @@ def _served_names(model_names: Sequence[str] | Mapping[str, str] | None) -> dict
 
 
 def _status(exc: Exception) -> RpcAbort:
-    """Retryable backend errors become UNAVAILABLE (clients retry); a request the model can never answer
+    """The status a failure leaves with: UNAVAILABLE when retrying may help, else INVALID_ARGUMENT or INTERNAL.
+
+    Retryable backend errors become UNAVAILABLE (clients retry); a request the model can never answer
     INVALID_ARGUMENT; anything else INTERNAL (neither is retried).
     """
     if isinstance(exc, BackendError) and exc.retryable:
@@ -136,8 +141,9 @@ def _status(exc: Exception) -> RpcAbort:
 async def serve_grpc(
     backend: ChatBackend, *, host: str = "127.0.0.1", port: int = 0, token: str | None = None
 ) -> tuple[grpc.aio.Server, int]:
-    """Start a standalone CoralChat server for ``backend``; returns the server and the port it bound (``port=0``:
-    a free one). Stop it with ``await server.stop(grace)``.
+    """Start a standalone CoralChat server for ``backend``; returns the server and the port it bound.
+
+    ``port=0`` binds a free one. Stop the server with ``await server.stop(grace)``.
     """
     server = grpc.aio.server(options=CHANNEL_OPTIONS)
     bound = server.add_insecure_port(f"{host}:{port}")

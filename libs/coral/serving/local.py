@@ -63,7 +63,9 @@ def serve_local(
     auth = "bearer token required" if token else "no authentication"
     log.info("coral: serving %s as %r at %s (%s)", model, name, server.base_url, auth)
     if host not in LOOPBACK and not token:
-        log.warning("coral: %s is reachable from other machines without a token; set %s or pass token=", host, TOKEN_ENV)
+        log.warning(
+            "coral: %s is reachable from other machines without a token; set %s or pass token=", host, TOKEN_ENV
+        )
     server.run()
 
 
@@ -162,7 +164,8 @@ class LocalServer:
 
 def _bind(host: str, port: int) -> socket.socket:
     """A listening-ready TCP socket on (host, port); fails here, with the address named, if it is taken."""
-    family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+    found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    family, kind, proto, _, address = found[0]
     sock = socket.socket(family, kind, proto)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
