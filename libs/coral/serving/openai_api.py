@@ -56,6 +56,7 @@ class APIError(Exception):
         self.status, self.message, self.type, self.code, self.param = status, message, type, code, param
 
     def response(self) -> JSONResponse:
+        """The error as OpenAI's JSON error body with its status (401s name the Bearer scheme)."""
         body = {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
         headers = {"WWW-Authenticate": "Bearer"} if self.status == 401 else None
         return JSONResponse(body, status_code=self.status, headers=headers)
@@ -70,15 +71,20 @@ class TextPart(BaseModel):
 
 
 class ChatMessage(BaseModel):
+    """One message of the conversation; list content is joined into one text."""
+
     role: Literal["system", "user", "assistant"]
     content: str | list[TextPart]
 
     def as_message(self) -> dict[str, str]:
+        """The message as coral's plain ``{"role", "content"}`` dict."""
         text = self.content if isinstance(self.content, str) else "".join(part.text for part in self.content)
         return {"role": self.role, "content": text}
 
 
 class StreamOptions(BaseModel):
+    """``include_usage``: a last chunk carries the token counts."""
+
     include_usage: bool = False
 
 
@@ -123,6 +129,7 @@ class ChatCompletionRequest(BaseModel):
             raise APIError(400, str(exc), "invalid_request_error", "invalid_value", field and field.group(1)) from None
 
     def chat_messages(self) -> list[dict[str, str]]:
+        """The messages as coral's plain dicts."""
         return [message.as_message() for message in self.messages]
 
 
@@ -163,7 +170,8 @@ def build_openai_app(
             return
         scheme, _, given = request.headers.get("authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not secrets.compare_digest(given.strip().encode(), token.encode()):
-            raise APIError(401, "missing or wrong bearer token (Authorization: Bearer <token>)", "authentication_error", "invalid_api_key")
+            problem = "missing or wrong bearer token (Authorization: Bearer <token>)"
+            raise APIError(401, problem, "authentication_error", "invalid_api_key")
 
     app = FastAPI(title="coral OpenAI-compatible API", docs_url=None, redoc_url=None, openapi_url=None)
     _add_error_handlers(app)
@@ -180,10 +188,11 @@ def build_openai_app(
         return {"object": "list", "data": data}
 
     @v1.post("/chat/completions")
-    async def chat_completions(body: ChatCompletionRequest, request: Request):
+    async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
         if body.model not in served:
             known = ", ".join(served)
-            raise APIError(404, f"The model `{body.model}` does not exist (served: {known})", "invalid_request_error", "model_not_found", "model")
+            problem = f"The model `{body.model}` does not exist (served: {known})"
+            raise APIError(404, problem, "invalid_request_error", "model_not_found", "model")
         chat = ChatRequest(
             body.chat_messages(), body.sampling(), served[body.model], body.n, request.headers.get(SESSION_HEADER)
         )
@@ -220,7 +229,8 @@ def _add_error_handlers(app: FastAPI) -> None:
             where = ".".join(str(part) for part in error.get("loc", ()) if part != "body")
             param = param or where or None
             problems.append(f"{where or 'body'}: {error.get('msg', 'invalid')}")
-        return APIError(400, "invalid request: " + "; ".join(problems), "invalid_request_error", "invalid_value", param).response()
+        problem = "invalid request: " + "; ".join(problems)
+        return APIError(400, problem, "invalid_request_error", "invalid_value", param).response()
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
@@ -229,12 +239,15 @@ def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.error("unexpected error serving %s", request.url.path, exc_info=exc)
-        return APIError(500, f"internal error: {type(exc).__name__}: {exc}", "server_error", "internal_error").response()
+        problem = f"internal error: {type(exc).__name__}: {exc}"
+        return APIError(500, problem, "server_error", "internal_error").response()
 
 
 class _BodyLimit:
-    """Answers 413 to a request body over ``limit`` bytes without keeping any of it: at once when Content-Length
-    says so, else as soon as the bytes received pass the limit (chunked uploads). The rest of the body is read and
+    """Answers 413 to a request body over ``limit`` bytes without keeping any of it.
+
+    It answers at once when Content-Length says so, else as soon as the bytes received pass the limit (chunked
+    uploads). The rest of the body is read and
     dropped before answering, so the client sees the 413 rather than a connection reset (which it would retry),
     unless it asked ``Expect: 100-continue`` (curl does for large bodies): then it never sends the body at all.
     Recent FastAPI has ``max_body_size``; Ray Serve pins no FastAPI version, so this does not rely on it.
@@ -269,7 +282,8 @@ class _BodyLimit:
         await self.app(scope, counted, send)
 
     def _too_large(self) -> APIError:
-        return APIError(413, f"request body larger than {self.limit} bytes", "invalid_request_error", "request_too_large")
+        problem = f"request body larger than {self.limit} bytes"
+        return APIError(413, problem, "invalid_request_error", "request_too_large")
 
 
 async def _drop_body(receive: Receive) -> None:
@@ -307,14 +321,16 @@ async def _unless_disconnected(request: Request, work: Awaitable[list[Completion
 
 
 def _backend_failure(exc: BackendError) -> APIError:
-    """503 when trying again may help; a client error (a proxied one, or a request the model can never answer)
-    keeps its status, code and field; anything else is a 500.
+    """503 when trying again may help; a client error keeps its status, code and field; anything else is a 500.
+
+    A client error is a proxied one, or a request the model can never answer.
     """
     if exc.retryable:
         return APIError(503, str(exc), "server_error", "backend_unavailable")
     status = getattr(exc, "status", None)
     if isinstance(status, int) and 400 <= status < 500:
-        return APIError(status, str(exc), "invalid_request_error", getattr(exc, "code", None), getattr(exc, "param", None))
+        code, param = getattr(exc, "code", None), getattr(exc, "param", None)
+        return APIError(status, str(exc), "invalid_request_error", code, param)
     return APIError(500, str(exc), "server_error", "backend_error")
 
 
@@ -337,14 +353,16 @@ class _AnswerShape:
             }
             for index, completion in enumerate(completions)
         ]
-        return {**self._head("chat.completion"), "choices": choices, "usage": _usage(completions), "replica": self.replica}
+        usage = _usage(completions)
+        return {**self._head("chat.completion"), "choices": choices, "usage": usage, "replica": self.replica}
 
     def chunk(self, index: int, delta: dict[str, str], finish_reason: str | None = None) -> str:
         choice = {"index": index, "delta": delta, "finish_reason": finish_reason}
         return _sse({**self._head("chat.completion.chunk"), "choices": [choice], "replica": self.replica})
 
     def usage_chunk(self, completions: list[Completion]) -> str:
-        return _sse({**self._head("chat.completion.chunk"), "choices": [], "usage": _usage(completions), "replica": self.replica})
+        usage = _usage(completions)
+        return _sse({**self._head("chat.completion.chunk"), "choices": [], "usage": usage, "replica": self.replica})
 
     def _head(self, kind: str) -> dict[str, Any]:
         return {"id": self.id, "object": kind, "created": self.created, "model": self.model}
@@ -394,7 +412,8 @@ async def _stream_events(
                 yield answer.usage_chunk([finished[index] for index in sorted(finished)])
         except BackendError as exc:
             failure = _backend_failure(exc)
-            yield _sse({"error": {"message": failure.message, "type": failure.type, "param": None, "code": failure.code}})
+            error = {"message": failure.message, "type": failure.type, "param": None, "code": failure.code}
+            yield _sse({"error": error})
         finally:
             await pieces.aclose()  # client gone, or failed: the backend releases what it holds
         yield "data: [DONE]\n\n"
