@@ -62,6 +62,7 @@ def outcome(record) -> str:
     return "correct" if beliefs[-1].correct else "incorrect"
 
 
+@pytest.mark.slow
 def test_real_runs_report_in_chromium(small_run, page: Page, tmp_path):
     html = small_run / "report.html"
     view = page.open(html)
