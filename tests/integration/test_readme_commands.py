@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = ROOT / "tests" / "fixtures"
 MODEL = "SmolLM2-135M-Instruct"
 TINY_EVAL = ["--data.val_max_instances", "1", "--model.max_turns", "2", "--model.max_turn_tokens", "8",
-             "--model.extractor.max_tokens", "8"]  # fmt: skip
+             "--model.extractor.max_tokens", "8"]
 TINY_TRAIN = ["--settings.max_steps", "1", "--settings.batch_size", "1", "--settings.max_length", "96"]
 PLACEHOLDERS = {
     "<a MATH training split, .jsonl>": "data/math/test.jsonl",
@@ -63,8 +63,10 @@ class Rule:
 RULES = [
     Rule("pip install", "skip", "installs packages: the environment running this test is that install"),
     Rule("python -m pytest", "skip", "the test suite itself"),
+    Rule("ruff check", "skip", "the lint gate: CI runs it before the tests"),
+    Rule("mypy", "skip", "the type gate: CI runs it before the tests"),
     Rule("python -m venv", "skip", "fairseq2's own environment needs the network; test_fairseq2_configs checks it"),
-    Rule("~/fs2/bin/", "skip", "fairseq2's own environment (network install); test_fairseq2_configs checks its configs"),
+    Rule("~/fs2/bin/", "skip", "fairseq2's own environment (network install); test_fairseq2_configs checks it"),
     Rule(r"python lightning_modules/trainer.py validate --config configs/ts_math.yaml$", "run",
          "the quickstart, at tiny size, as a subprocess (the script's own entry point)"),
     Rule("python lightning_modules/trainer.py validate", "build",
@@ -76,7 +78,7 @@ RULES = [
     Rule("python finetuning/iterative_training.py", "parse", "20 minutes on a CPU, or Slurm; config parsed"),
     Rule("coral-serve", "parse", "starts servers, Ray clusters, Slurm jobs or GPU apps; tests/serving runs them"),
     Rule("coral-report", "run", "on hand-made results folders (tests/report checks a real run's report in Chromium)"),
-]  # fmt: skip
+]
 
 
 def readme_commands() -> list[str]:
@@ -128,7 +130,7 @@ def test_every_readme_command_has_a_rule():
 def test_the_quickstart_runs(workspace):
     (command,) = commands("run", "python lightning_modules/trainer.py")
     done = subprocess.run([sys.executable if arg == "python" else arg for arg in argv(command)] + TINY_EVAL,
-                          cwd=workspace, capture_output=True, text=True, timeout=600)  # fmt: skip
+                          cwd=workspace, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     metrics = json.loads((workspace / "results" / "ts_math" / "metrics.json").read_text())
     assert metrics["n_conversations"] == 1 and metrics["conv_err"] == 0.0
@@ -162,7 +164,7 @@ def test_data_preparation_commands_run(workspace):
 def candidate(index: int, text: str, belief: str, agreement: bool = False) -> Turn:
     speaker = "teacher" if index % 2 else "student"
     return Turn(index=index, speaker=speaker, text=text, seed=index * 10 + int(belief), belief=belief,
-                correct=belief == "4", agreement=agreement)  # fmt: skip
+                correct=belief == "4", agreement=agreement)
 
 
 def tree(example_id: str) -> ConversationRecord:
@@ -174,7 +176,7 @@ def tree(example_id: str) -> ConversationRecord:
     return ConversationRecord(example_id=example_id, sample_index=0, task="math", run_seed=1, config_hash="h",
                               protocol="coral", agents={"student": MODEL, "teacher": MODEL},
                               turns=[question, first, second], stop_reason="agreement", max_turns=2, gold="4",
-                              system_prompts={"student": "Solve it.", "teacher": "Solve it."})  # fmt: skip
+                              system_prompts={"student": "Solve it.", "teacher": "Solve it."})
 
 
 def test_the_training_steps_run(workspace):
@@ -240,5 +242,6 @@ def test_the_documented_help_and_timeout(capsys, monkeypatch):
     out = capsys.readouterr().out
     assert "--model.request_timeout" in out and "seconds before a model request" in out and len(out.splitlines()) < 250
     timeout = inspect.signature(InteractionModule).parameters["request_timeout"].default
-    assert f"`--model.request_timeout` | seconds before a model request is abandoned and retried (default {timeout:g})" in readme
+    row = f"`--model.request_timeout` | seconds before a model request is abandoned and retried (default {timeout:g})"
+    assert row in readme
     assert "--model.extractor.app_name http://127.0.0.1:8000/v1" in readme and 'api_key="unused"' in readme
