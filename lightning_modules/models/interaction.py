@@ -270,9 +270,7 @@ class InteractionModule(LightningModule):
             metrics = write_metrics(self.results_dir, compat=self.hparams.compat_metrics)
             table = summary_table(metrics, conversation=self.hparams.max_turns > 1)
             print(f"\ncoral results in {self.results_dir}\n{table}\n", flush=True)
-            report = write_report([self.results_dir])  # report.html + figures/, from the store like metrics.json
-            log_figures(self.loggers, report.figures)
-            print(f"report: {report.html}", flush=True)
+            self._write_report()
         if self.trainer.received_sigterm:
             print(
                 f"stopped by SIGTERM: {self.unfinished} conversations were not run (rank {self.global_rank}); the "
@@ -283,6 +281,17 @@ class InteractionModule(LightningModule):
         self.trainer.strategy.barrier()
         metrics = json.loads((self.results_dir / "metrics.json").read_text())
         self.log_dict({k: float(v) for k, v in metrics.items()}, rank_zero_only=True)
+
+    def _write_report(self) -> None:
+        """report.html + figures/, from the store like metrics.json. The records and metrics are already safe, so
+        a report that cannot be written (a full disk) is a warning: ``coral-report`` writes it later."""
+        try:
+            report = write_report([self.results_dir])
+        except OSError as exc:
+            print(f"report not written ({exc}); make it later with: coral-report {self.results_dir}", file=sys.stderr)
+            return
+        log_figures(self.loggers, report.figures)
+        print(f"report: {report.html}", flush=True)
 
     def on_validation_end(self) -> None:
         self.trainer.datamodule.task.close()
