@@ -44,7 +44,8 @@ def script(messages, sampling: SamplingParams):
     if last == "fail-hard":
         return BackendError("engine broken", retryable=False)
     if last == "fail-too-long":
-        return InvalidRequestError("prompt of 9000 tokens exceeds the context", param="messages", code="context_length_exceeded")
+        problem = "prompt of 9000 tokens exceeds the context"
+        return InvalidRequestError(problem, param="messages", code="context_length_exceeded")
     return f"seed {sampling.seed} max {sampling.max_tokens} stop {'|'.join(sampling.stop)} t {sampling.temperature}"
 
 
@@ -62,7 +63,9 @@ class StreamingScripted(ScriptedBackend):
             yield Delta(index, "", completion)
 
 
-def http(url: str, body: Any = None, *, token: str | None = TOKEN, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], str]:
+def http(
+    url: str, body: Any = None, *, token: str | None = TOKEN, headers: dict[str, str] | None = None
+) -> tuple[int, dict[str, str], str]:
     """One request with the standard library: (status, lower-cased headers, body text)."""
     data = body.encode() if isinstance(body, str) else None if body is None else json.dumps(body).encode()
     request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json", **(headers or {})})
@@ -120,18 +123,21 @@ def test_health_needs_no_token_and_models_need_one(server):
 
 
 def test_chat_completion_shape_and_values(server, streaming):
-    body = {"model": "served", "messages": USER, "n": 2, "seed": 40, "max_completion_tokens": 9, "stop": "END", "temperature": 0.5}
+    body = {"model": "served", "messages": USER, "n": 2, "seed": 40, "max_completion_tokens": 9, "stop": "END",
+            "temperature": 0.5}
     status, headers, text = http(chat_url(server), body, headers={"serve_multiplexed_model_id": "conv-7"})
     answer = json.loads(text)
     assert status == 200 and headers["x-coral-replica"] == "replica-z" and answer["replica"] == "replica-z"
-    assert answer["id"].startswith("chatcmpl-") and answer["object"] == "chat.completion" and answer["model"] == "served"
+    assert answer["id"].startswith("chatcmpl-") and answer["object"] == "chat.completion"
+    assert answer["model"] == "served"
     assert isinstance(answer["created"], int)
     assert [c["index"] for c in answer["choices"]] == [0, 1]
     assert [c["message"] for c in answer["choices"]] == [
         {"role": "assistant", "content": f"seed {seed} max 9 stop END t 0.5"} for seed in (40, 41)
     ]
     assert [c["finish_reason"] for c in answer["choices"]] == ["stop", "stop"]
-    assert answer["usage"] == {"prompt_tokens": 6, "completion_tokens": 6, "total_tokens": 12, "prompt_tokens_details": {"cached_tokens": 0}}
+    assert answer["usage"] == {"prompt_tokens": 6, "completion_tokens": 6, "total_tokens": 12,
+                               "prompt_tokens_details": {"cached_tokens": 0}}
     call = streaming.calls[-1]
     assert call.session_id == "conv-7" and call.model == "engine-model" and call.messages == USER
     assert call.sampling == SamplingParams(temperature=0.5, top_p=1.0, max_tokens=9, seed=40, stop=("END",))
@@ -189,7 +195,8 @@ def test_a_request_the_model_can_never_answer_is_a_400_not_a_retryable_500(serve
 def raw_request(server: LocalServer, head: bytes, body: bytes = b"") -> socket.socket:
     """A request written on a plain socket, for what ordinary clients will not send."""
     connection = socket.create_connection(("127.0.0.1", server.port), timeout=10)
-    connection.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n" + head + b"\r\n" + body)
+    request_line = b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    connection.sendall(request_line + head + b"\r\n" + body)
     return connection
 
 
@@ -206,7 +213,8 @@ def test_request_bodies_over_the_limit_are_413s_before_they_are_read():
         assert status == 413 and "larger than 1000 bytes" in json.loads(text)["error"]["message"]
         # A chunked body has no declared length: it is cut off once it passes the limit.
         chunk = json.dumps(big).encode()
-        with raw_request(running, b"Transfer-Encoding: chunked\r\n", b"%x\r\n%s\r\n0\r\n\r\n" % (len(chunk), chunk)) as connection:
+        chunked = b"%x\r\n%s\r\n0\r\n\r\n" % (len(chunk), chunk)
+        with raw_request(running, b"Transfer-Encoding: chunked\r\n", chunked) as connection:
             head, _, body = connection.recv(65536).partition(b"\r\n\r\n")
         assert head.startswith(b"HTTP/1.1 413") and "larger than 1000 bytes" in json.loads(body)["error"]["message"]
         assert http(chat_url(running), {"model": "m", "messages": USER}, token=None)[0] == 200
@@ -248,9 +256,11 @@ def test_no_api_description_routes_even_with_a_token(server):
 
 
 def test_streaming_from_a_streaming_backend(server):
-    body = {"model": "served", "messages": USER, "n": 2, "seed": 1, "max_tokens": 7, "stream": True, "stream_options": {"include_usage": True}}
+    body = {"model": "served", "messages": USER, "n": 2, "seed": 1, "max_tokens": 7, "stream": True,
+            "stream_options": {"include_usage": True}}
     status, headers, text = http(chat_url(server), body)
-    assert status == 200 and headers["content-type"].startswith("text/event-stream") and headers["x-coral-replica"] == "replica-z"
+    assert status == 200 and headers["content-type"].startswith("text/event-stream")
+    assert headers["x-coral-replica"] == "replica-z"
     stream = events(text)
     assert stream[-1] == "[DONE]"
     chunks = stream[:-1]
@@ -269,15 +279,18 @@ def test_streaming_from_a_backend_that_cannot_stream(open_server):
     status, _, text = http(chat_url(open_server), body, token=None)
     stream = events(text)
     assert status == 200 and stream[-1] == "[DONE]"
-    texts = {c["choices"][0]["index"]: c["choices"][0]["delta"].get("content") for c in stream[:-1] if c["choices"][0]["delta"]}
+    choices = [c["choices"][0] for c in stream[:-1]]
+    texts = {choice["index"]: choice["delta"].get("content") for choice in choices if choice["delta"]}
     assert texts == {0: "seed 5 max 1024 stop  t 1.0", 1: "seed 6 max 1024 stop  t 1.0"}
     assert not any("usage" in c for c in stream[:-1])
 
 
 def test_streaming_failures(server):
-    status, _, text = http(chat_url(server), {"model": "served", "messages": [{"role": "user", "content": "fail-busy"}], "stream": True})
+    busy = [{"role": "user", "content": "fail-busy"}]
+    status, _, text = http(chat_url(server), {"model": "served", "messages": busy, "stream": True})
     assert status == 503 and "engine busy" in text  # failed before the first piece: a real status
-    status, _, text = http(chat_url(server), {"model": "served", "messages": [{"role": "user", "content": "fail-midway"}], "stream": True})
+    midway = [{"role": "user", "content": "fail-midway"}]
+    status, _, text = http(chat_url(server), {"model": "served", "messages": midway, "stream": True})
     stream = events(text)
     assert status == 200 and stream[0]["choices"][0]["delta"]["content"] == "partial "
     assert "engine died" in stream[-2]["error"]["message"] and stream[-1] == "[DONE]"
@@ -288,7 +301,9 @@ def test_official_openai_client(server):
         async with openai.AsyncOpenAI(base_url=server.base_url, api_key=TOKEN, max_retries=0) as client:
             whole = await client.chat.completions.create(model="served", messages=USER, seed=3, max_tokens=4)
             pieces = []
-            stream = await client.chat.completions.create(model="served", messages=USER, seed=3, max_tokens=4, stream=True)
+            stream = await client.chat.completions.create(
+                model="served", messages=USER, seed=3, max_tokens=4, stream=True
+            )
             async for chunk in stream:
                 pieces.extend(choice.delta.content or "" for choice in chunk.choices)
             with pytest.raises(openai.NotFoundError):
@@ -315,7 +330,8 @@ def test_the_token_comes_from_the_command_line_a_file_or_the_environment(tmp_pat
     assert resolve_token() == "from-env" and resolve_token("given") == "given"
     assert resolve_token(token_file=tmp_path / "token") == "from-file"
     (tmp_path / "empty").write_text(" \n")
-    for token, token_file, problem in ((None, tmp_path / "empty", "is empty"), (None, tmp_path / "gone", "No such file"),
+    for token, token_file, problem in ((None, tmp_path / "empty", "is empty"),
+                                       (None, tmp_path / "gone", "No such file"),
                                        ("given", tmp_path / "token", "not both")):
         with pytest.raises(ValueError, match=problem):
             resolve_token(token, token_file)
@@ -330,8 +346,8 @@ def test_serve_local_with_the_real_engine(tmp_path: Path):
     log_path = tmp_path / "server.log"
     (tmp_path / "token").write_text("local-token\n")
     # One torch thread: on a small shared machine more threads than free cores slow decoding down many times.
-    command = [sys.executable, "-m", "coral.serving.cli", "local", "--port", "0", "--token_file", str(tmp_path / "token"),
-               "--engine", "{'threads': 1}"]
+    command = [sys.executable, "-m", "coral.serving.cli", "local", "--port", "0",
+               "--token_file", str(tmp_path / "token"), "--engine", "{'threads': 1}"]
     with open(log_path, "w") as log_file:
         process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT)
     try:
@@ -357,7 +373,9 @@ def test_serve_local_with_the_real_engine(tmp_path: Path):
         }
         answer = client.chat.completions.create(**request)
         streamed = "".join(
-            choice.delta.content or "" for chunk in client.chat.completions.create(**request, stream=True) for choice in chunk.choices
+            choice.delta.content or ""
+            for chunk in client.chat.completions.create(**request, stream=True)
+            for choice in chunk.choices
         )
         client.close()
         assert answer.choices[0].message.content.strip()
