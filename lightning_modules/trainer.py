@@ -120,8 +120,9 @@ def _is_whole_config(value: str, section: str) -> bool:
 
 def unknown_option_hint(message: str, parser: ArgumentParser) -> str | None:
     """A one-line report of an option jsonargparse did not accept, naming the closest accepted ones; else None."""
-    nested = re.search(r"class_path '([\w.]+)':\s*(?:Option '([\w.]+)' is not accepted|unrecognized arguments: --([\w.]+))",
-                       message)
+    nested = re.search(
+        r"class_path '([\w.]+)':\s*(?:Option '([\w.]+)' is not accepted|unrecognized arguments: --([\w.]+))", message
+    )
     if nested:
         class_path, option = nested.group(1), nested.group(2) or nested.group(3)
         section = re.search(r'Parser key "(\w+)"', message) or re.search(r"--(\w+)\.", message)

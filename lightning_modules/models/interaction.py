@@ -43,7 +43,7 @@ from lightning_modules.loggers import log_figures
 log = logging.getLogger(__name__)
 
 
-@dataclass
+@dataclass(frozen=True)
 class ExtractorConfig:
     """How beliefs are extracted from turns.
 
