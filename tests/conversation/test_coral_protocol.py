@@ -95,7 +95,9 @@ def test_no_stop_when_one_belief_is_missing_or_different(tmp_path):
 
 
 def test_a_turn_that_keeps_failing_ends_the_conversation_with_the_error(tmp_path):
-    backend = ScriptedBackend(lambda m, s: BackendError("connection refused") if len(m) == 3 else "The correct answer is (B)")
+    backend = ScriptedBackend(
+        lambda m, s: BackendError("connection refused") if len(m) == 3 else "The correct answer is (B)"
+    )
     record = run_one(runner_for(MMLUProTask(), backend, tmp_path), MC_EXAMPLE)
     assert record.stop_reason == "error"
     last = record.turns[-1]
@@ -127,7 +129,8 @@ def test_unreachable_judge_is_recorded_not_raised(tmp_path):
             return BackendError("judge unreachable")
         return "I am thinking about it."
 
-    record = run_one(runner_for(MMLUProTask(), ScriptedBackend(script), tmp_path, max_turns=2, mode="rules_then_judge"), MC_EXAMPLE)
+    runner = runner_for(MMLUProTask(), ScriptedBackend(script), tmp_path, max_turns=2, mode="rules_then_judge")
+    record = run_one(runner, MC_EXAMPLE)
     assert all(t.belief is None and "judge unreachable" in t.extraction_error for t in record.turns[1:])
     assert conversation_metrics(record)["extractor_err_rate"] == 1.0
 

@@ -55,7 +55,9 @@ def fault_free(tmp_path_factory) -> dict[tuple[str, int], ConversationRecord]:
 
 @pytest.mark.parametrize("rate", [0.1, 0.3])
 @pytest.mark.parametrize("protocol", ["http", "grpc"])
-def test_faults_lose_nothing_are_retried_and_leave_completed_conversations_unchanged(protocol, rate, tmp_path, fault_free):
+def test_faults_lose_nothing_are_retried_and_leave_completed_conversations_unchanged(
+    protocol, rate, tmp_path, fault_free
+):
     kinds = KINDS[protocol]
     plan = FaultPlan(rate=rate, kinds=kinds, seed=16, retry_after_s=WAIT_S, hang_s=2.0)
     injector = Injector(plan, collections.deque(kinds))

@@ -65,7 +65,8 @@ def test_the_cpu_limit_also_counts_as_timeout() -> None:
 
 def _live_processes_of(uid: int) -> list[str]:
     listing = subprocess.run(["ps", "-eo", "uid=,stat=,pid="], capture_output=True, text=True, check=True).stdout
-    return [line for line in listing.splitlines() if int(line.split()[0]) == uid and not line.split()[1].startswith("Z")]
+    return [line for line in listing.splitlines()
+            if int(line.split()[0]) == uid and not line.split()[1].startswith("Z")]
 
 
 @pytest.mark.skipif(not IS_ROOT, reason="a fresh uid per run needs root")

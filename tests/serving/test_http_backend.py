@@ -93,7 +93,10 @@ class Planned:
                 {"index": 0, "message": {"role": "assistant", "content": "a"}, "finish_reason": "length"},
                 {"index": 1, "message": {"role": "assistant", "content": "b"}, "finish_reason": "stop"},
             ],
-            "usage": {"prompt_tokens": 9, "completion_tokens": 10, "total_tokens": 19, "prompt_tokens_details": {"cached_tokens": 4}},
+            "usage": {
+                "prompt_tokens": 9, "completion_tokens": 10, "total_tokens": 19,
+                "prompt_tokens_details": {"cached_tokens": 4},
+            },
         }
         return JSONResponse(body, headers={"x-coral-replica": "from-header"})
 
@@ -220,7 +223,8 @@ def test_exhausted_retries_are_final(planned):
 def test_timeouts_are_retried(planned):
     server, fake = planned
     fake.plan[:] = ["sleep", "sleep"]
-    backend = OpenAIHTTPBackend(server.base_url, model="m", timeout_s=0.2, retry=RetryPolicy(attempts=2, backoff_s=0.01))
+    retry = RetryPolicy(attempts=2, backoff_s=0.01)
+    backend = OpenAIHTTPBackend(server.base_url, model="m", timeout_s=0.2, retry=retry)
     with pytest.raises(BackendError, match="timed out") as error:
         run(chat_and_close(backend, ASK, SamplingParams()))
     assert error.value.retryable is False and "2 attempts" in str(error.value)

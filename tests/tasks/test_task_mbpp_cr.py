@@ -70,7 +70,8 @@ def test_beliefs_are_graded_as_letters(examples: dict[str, Example]) -> None:
 @pytest.mark.parametrize(
     ("name", "expected"),
     [
-        ("is_correct_not_bool.jsonl", ["is_correct_not_bool.jsonl", "line 2", "'is_correct'", "expected bool, got str"]),
+        ("is_correct_not_bool.jsonl",
+         ["is_correct_not_bool.jsonl", "line 2", "'is_correct'", "expected bool, got str"]),
         ("missing_code.jsonl", ["missing_code.jsonl", "line 1", "'code'", "missing"]),
         ("tests_not_list.jsonl", ["tests_not_list.jsonl", "line 4", "'test_list'", "expected list, got str"]),
     ],
