@@ -243,7 +243,8 @@ async def _raw(send: Callable, status: int, body: bytes, headers: dict[str, str]
 
 def _chat_completion(texts: list[str], model: str) -> dict[str, Any]:
     choices = [
-        {"index": i, "message": {"role": "assistant", "content": text}, "finish_reason": "length", "completion_tokens": 1}
+        {"index": i, "message": {"role": "assistant", "content": text}, "finish_reason": "length",
+         "completion_tokens": 1}
         for i, text in enumerate(texts)
     ]
     usage = {"prompt_tokens": 1, "completion_tokens": len(texts), "total_tokens": 1 + len(texts)}
@@ -296,7 +297,9 @@ class FaultyGrpc:
             await context.abort(abort.code, abort.details)  # raises, ending the call with that status
 
 
-async def serve_faulty_grpc(backend: ChatBackend, injector: Injector, host: str = "127.0.0.1") -> tuple[grpc.aio.Server, str]:
+async def serve_faulty_grpc(
+    backend: ChatBackend, injector: Injector, host: str = "127.0.0.1"
+) -> tuple[grpc.aio.Server, str]:
     """A faulty CoralChat server for ``backend`` on a free port; returns the server and its ``host:port``."""
     server = grpc.aio.server(options=CHANNEL_OPTIONS)
     port = server.add_insecure_port(f"{host}:0")
@@ -352,7 +355,8 @@ class Evaluation:
     async def run(self, backend: ChatBackend, root: str | Path, retry: RetryPolicy = RetryPolicy(attempts=1)) -> int:
         """Run every (example, sample) not yet in the store at ``root``; returns how many records were written."""
         task = MMLUProTask()
-        agents = {name: Agent(name, backend, MODEL, f"You are the {name}.", SamplingParams(temperature=0.7, max_tokens=64))
+        sampling = SamplingParams(temperature=0.7, max_tokens=64)
+        agents = {name: Agent(name, backend, MODEL, f"You are the {name}.", sampling)
                   for name in ("teacher", "student")}
         runner = ConversationRunner(
             protocol=PROTOCOLS.get("coral")(), task=task, agents=agents, extractor=BeliefExtractor("rules"),
@@ -471,7 +475,9 @@ def _complete_lines(path: Path) -> int:
     return path.read_bytes().count(b"\n") if path.exists() else 0
 
 
-def _wait_for_records(path: Path, before: int, wanted: int, process: subprocess.Popen, limit_s: float = 60.0) -> float | None:
+def _wait_for_records(
+    path: Path, before: int, wanted: int, process: subprocess.Popen, limit_s: float = 60.0
+) -> float | None:
     """Wait until ``path`` holds ``wanted`` lines or the process ends; returns when it first grew past ``before``."""
     grew_at, deadline = None, time.monotonic() + limit_s
     while time.monotonic() < deadline:
@@ -519,7 +525,8 @@ def _campaign_main(args: argparse.Namespace) -> None:
                 injector = Injector(FaultPlan(rate=rate, kinds=kinds, seed=args.seed), collections.deque(kinds))
                 started = time.monotonic()
                 run_with_faults(protocol, injector, evaluation, root)
-                rows.append(_fault_row(protocol, rate, injector, evaluation, root, time.monotonic() - started, baseline))
+                elapsed = time.monotonic() - started
+                rows.append(_fault_row(protocol, rate, injector, evaluation, root, elapsed, baseline))
     with tempfile.TemporaryDirectory() as root:
         from coral.serving.local import LocalServer
 
@@ -556,13 +563,16 @@ def _fault_row(protocol: str, rate: float, injector: Injector, evaluation: Evalu
     records = read_records(root)
     lost, duplicated = lost_and_duplicated(root, evaluation.keys())
     clean = completed_cleanly(records, injector)
-    same = sum(r.metrics == baseline[r.key].metrics and r.turns[-1].text == baseline[r.key].turns[-1].text for r in clean)
+    same = sum(
+        r.metrics == baseline[r.key].metrics and r.turns[-1].text == baseline[r.key].turns[-1].text for r in clean
+    )
     errored = sum(r.stop_reason == "error" for r in records)
     retried = tuple(t.latency_s for r in records for t in r.turns if t.attempts > 1 and t.error is None)
     tried = ", ".join(f"{kind} {n}" for kind, n in sorted(counts.items()))
-    faults = (f"{protocol.upper()} {rate:.0%}: {sum(counts.values())} faults in {len(injector.log)} requests ({tried}); "
-              f"{len(records)} conversations in {elapsed:.1f} s")
-    outcome = f"{same} of {len(clean)} (others: {errored} ended in error, {len(records) - len(clean) - errored} got hostile text)"
+    faults = (f"{protocol.upper()} {rate:.0%}: {sum(counts.values())} faults in {len(injector.log)} requests "
+              f"({tried}); {len(records)} conversations in {elapsed:.1f} s")
+    hostile = len(records) - len(clean) - errored
+    outcome = f"{same} of {len(clean)} (others: {errored} ended in error, {hostile} got hostile text)"
     return faults, lost, duplicated, outcome, f"a retried turn, first request to answer: {_spread(retried)}"
 
 
@@ -578,8 +588,8 @@ def main(argv: list[str] | None = None) -> None:
     client = commands.add_parser("client", help="one evaluation run against a (faulty) OpenAI-compatible server")
     client.add_argument("--url", required=True)
     client.add_argument("--out", required=True)
-    for name, default in (("--examples", 12), ("--samples", 2), ("--max-turns", 4), ("--concurrency", 8), ("--run-seed", 0),
-                          ("--attempts", 5)):
+    for name, default in (("--examples", 12), ("--samples", 2), ("--max-turns", 4), ("--concurrency", 8),
+                          ("--run-seed", 0), ("--attempts", 5)):
         client.add_argument(name, type=int, default=default)
     client.add_argument("--timeout", type=float, default=0.5)
     client.add_argument("--backoff", type=float, default=0.01)
