@@ -129,7 +129,7 @@ def run_conversations(run: RunSettings, model: str, out: Path, seed: int, extra:
         f"--model.teacher_model={model}", f"--model.student_model={model}",
         f"--trainer.default_root_dir={out}", f"--seed_everything={seed}",
         *extra, *run.overrides,
-    ]  # fmt: skip
+    ]
     log.info("running %s", " ".join(command))
     result = subprocess.run(command, cwd=ROOT, preexec_fn=_die_with_parent)
     if result.returncode != 0:

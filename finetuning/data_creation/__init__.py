@@ -39,7 +39,7 @@ def read_results(folders: Sequence[str | Path]) -> tuple[list[ConversationRecord
 
 def build_dataset(kind: str, results: Sequence[str | Path], out: str | Path, settings: Any, model: Any,
                   select: Callable[..., tuple[list[Any], dict[str, Any]]],
-                  files: Callable[..., dict[str, list[dict[str, Any]]]]) -> dict[str, Any]:  # fmt: skip
+                  files: Callable[..., dict[str, list[dict[str, Any]]]]) -> dict[str, Any]:
     """Read, select, render and write one dataset; returns the counts written to counts.json."""
     records, sources, duplicates = read_results(results)
     tokenizer = load_chat_tokenizer(model)  # before selecting: a bad model name fails fast
@@ -58,7 +58,7 @@ def cli_parser(prog: str, description: str, settings_class: type) -> Any:
     parser.add_argument("--results", nargs="+", required=True, help="results folders (conversations*.jsonl)")
     parser.add_argument("--out", required=True, help="dataset folder to write (replaced atomically)")
     parser.add_argument("--model", default=DEFAULT_MODEL, help="model name or checkpoint folder: its chat template "
-                        "renders fairseq2's src")  # fmt: skip
+                        "renders fairseq2's src")
     parser.add_class_arguments(settings_class)
     return parser
 

@@ -23,7 +23,7 @@ from finetuning.data_creation import build_dataset, cli_parser, parse_settings
 
 
 def build_dpo(results: Sequence[str | Path], out: str | Path, settings: PairSettings | None = None,
-              model: Any = DEFAULT_MODEL) -> dict[str, Any]:  # fmt: skip
+              model: Any = DEFAULT_MODEL) -> dict[str, Any]:
     """Write the DPO dataset of ``results`` to ``out`` and return its counts.
 
     ``settings`` None means ``PairSettings()``; ``model`` is a model name, a checkpoint folder or a tokenizer object.
@@ -36,7 +36,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args, settings = parse_settings(parser, PairSettings, argv)
     counts = build_dpo(args.results, args.out, settings, args.model)
     print(json.dumps({"out": args.out, "pairs": counts["pairs"], "records_read": counts["records_read"],
-                      "dropped": counts["dropped"]}))  # fmt: skip
+                      "dropped": counts["dropped"]}))
     if not counts["pairs"]:
         print(f"build_dpo: no pairs: {counts['no_pairs_because']}", file=sys.stderr)
     return counts

@@ -22,7 +22,7 @@ from finetuning.data_creation import build_dataset, cli_parser, parse_settings
 
 
 def build_sft(results: Sequence[str | Path], out: str | Path, settings: SFTSettings | None = None,
-              model: Any = DEFAULT_MODEL) -> dict[str, Any]:  # fmt: skip
+              model: Any = DEFAULT_MODEL) -> dict[str, Any]:
     """Write the SFT dataset of ``results`` to ``out`` and return its counts.
 
     ``settings`` None means ``SFTSettings()``; ``model`` is a model name, a checkpoint folder or a tokenizer object.
@@ -35,7 +35,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args, settings = parse_settings(parser, SFTSettings, argv)
     counts = build_sft(args.results, args.out, settings, args.model)
     print(json.dumps({"out": args.out, "examples": counts["examples"], "records_read": counts["records_read"],
-                      "dropped": counts["dropped"]}))  # fmt: skip
+                      "dropped": counts["dropped"]}))
     return counts
 
 

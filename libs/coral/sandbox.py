@@ -137,7 +137,7 @@ def check_solution(code: str, test_list: list[str], setup_code: str = "", **limi
     result = run_python(solution_program(code, test_list, setup_code, marker), **limits)
     if result.status == "passed" and not result.stdout.rstrip().endswith(marker):
         return SandboxResult("crashed", result.returncode, result.stdout, result.stderr + "\n[exited before the tests "
-                             "finished]", result.duration_s, result.isolation)  # fmt: skip
+                             "finished]", result.duration_s, result.isolation)
     return result
 
 
@@ -220,7 +220,7 @@ def _run(code: str, limits: SandboxLimits, interpreter: str, uid_mode: str) -> S
                 [sys.executable, "-I", "-S", os.path.abspath(__file__), json.dumps(plan)],
                 stdin=subprocess.DEVNULL, stdout=out, stderr=err, pass_fds=(write_end,), start_new_session=True,
                 env=dict(_MIN_ENV), cwd=outer,
-            )  # fmt: skip
+            )
             os.close(write_end)
             write_end = -1
             try:
@@ -271,7 +271,7 @@ _EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt|W
 
 
 def _classify(info: dict[str, Any], supervisor_rc: int | None, stdout: str, stderr: str, duration: float,
-              limits: SandboxLimits) -> SandboxResult:  # fmt: skip
+              limits: SandboxLimits) -> SandboxResult:
     isolation = tuple(info.get("isolation", ()))
 
     def result(status: Status, returncode: int | None) -> SandboxResult:
@@ -340,7 +340,7 @@ def _sweep(uid: int, rounds: int = 200) -> None:
 _CLONE_NEWNS, _CLONE_NEWUSER, _CLONE_NEWNET = 0x00020000, 0x10000000, 0x40000000
 _MS_RDONLY, _MS_NOSUID, _MS_REMOUNT, _MS_BIND, _MS_REC, _MS_PRIVATE = 1, 2, 32, 4096, 16384, 1 << 18
 _MOUNT_OPTIONS = {"nodev": 4, "noexec": 8, "noatime": 1024, "nodiratime": 2048, "relatime": 1 << 21,
-                  "strictatime": 1 << 24}  # fmt: skip
+                  "strictatime": 1 << 24}
 _PR_SET_CHILD_SUBREAPER = 36
 
 

@@ -125,7 +125,7 @@ class InteractionModule(LightningModule):
     ) -> None:
         super().__init__()
         counts = {"max_turns": max_turns, "sampling_n": sampling_n, "beam_size": beam_size,
-                  "max_n_processes": max_n_processes}  # fmt: skip
+                  "max_n_processes": max_n_processes}
         for option, value in counts.items():
             if value < 1:
                 raise ConfigError(f"model.{option}", f"must be >= 1, got {value}")
@@ -159,7 +159,7 @@ class InteractionModule(LightningModule):
         """The reference's ``teacher_*`` / ``student_*`` options as the library's agents: name -> model, endpoint."""
         hp = self.hparams
         return {"teacher": AgentSpec(hp.teacher_model, hp.teacher_app_name),
-                "student": AgentSpec(hp.student_model, hp.student_app_name)}  # fmt: skip
+                "student": AgentSpec(hp.student_model, hp.student_app_name)}
 
     def _agents(self, instructions: dict[str, str]) -> dict[str, Agent]:
         hp = self.hparams

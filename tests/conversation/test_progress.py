@@ -23,7 +23,7 @@ from lightning_modules.trainer import cli
 pytestmark = pytest.mark.timeout(120)
 
 LINE = re.compile(r"^conversations (\d+)/(\d+) \(\d+%\), (.+) \| errors (\d+) \| [\d.]+ turns/s \| \d+ tokens/s \| "
-                  r"\d+:\d\d:\d\d elapsed$")  # fmt: skip
+                  r"\d+:\d\d:\d\d elapsed$")
 
 
 class Clock:
@@ -45,7 +45,7 @@ def record(turn_tokens: list[int], judge_tokens: int = 0, sibling_tokens: int = 
     turns[1].extraction_usage = Usage(3, judge_tokens)
     turns[1].siblings = [Turn(index=1, speaker="teacher", text="s", usage=Usage(7, sibling_tokens))]
     return ConversationRecord("ex", 0, "test", 0, "h", "coral", {"teacher": "m"}, turns,
-                              "error" if error else "agreement", 20)  # fmt: skip
+                              "error" if error else "agreement", 20)
 
 
 def test_rates_over_the_window_time_left_and_the_whole_run_for_a_scripted_sequence():
@@ -61,7 +61,7 @@ def test_rates_over_the_window_time_left_and_the_whole_run_for_a_scripted_sequen
     clock.now = 16.0
     now = progress.snapshot()
     assert now == Snapshot(done=4, total=10, errors=1, elapsed_s=16.0, conversations_per_s=2 / 16,
-                           turns_per_s=3 / 16, tokens_per_s=80 / 16)  # fmt: skip
+                           turns_per_s=3 / 16, tokens_per_s=80 / 16)
     assert now.eta_s == 6 / (2 / 16) == 48.0
 
     clock.now = 40.0  # the window (8, 40]: the first record has left it, the second is still in
@@ -78,7 +78,7 @@ def test_rates_over_the_window_time_left_and_the_whole_run_for_a_scripted_sequen
 
 def test_line_says_done_total_errors_rates_elapsed_and_time_left():
     snapshot = Snapshot(done=4, total=10, errors=1, elapsed_s=3725.0, conversations_per_s=0.125,
-                        turns_per_s=2.25, tokens_per_s=80.4)  # fmt: skip
+                        turns_per_s=2.25, tokens_per_s=80.4)
     assert snapshot.line() == (
         "conversations 4/10 (40%), ~0:00:48 left | errors 1 | 2.2 turns/s | 80 tokens/s | 1:02:05 elapsed"
     )
@@ -123,7 +123,7 @@ def test_on_a_terminal_one_line_redrawn_in_place_logged_every_interval(caplog, m
     assert text.count("\n") == 1 and text.endswith("elapsed\x1b[K\n")  # one final newline
     drawn = [LINE.match(part.removesuffix("\n").removesuffix("\x1b[K")) for part in text.split("\r")[1:]]
     assert [(m.group(1), m.group(4)) for m in drawn] == [("0", "0"), ("1", "0"), ("3", "1"), ("4", "1"), ("5", "1"),
-                                                         ("5", "1")]  # 10.05 s: too soon to redraw  # fmt: skip
+                                                         ("5", "1")]  # 10.05 s: too soon to redraw
     assert [LINE.match(r.getMessage()).group(1) for r in caplog.records] == ["0", "3", "5"]
 
 
@@ -166,7 +166,7 @@ def validate(url: str, root: Path, *extra: str) -> None:
         "validate", "--config", "configs/cot/cot_mmlu_pro.yaml", f"--model.teacher_app_name={url}",
         f"--model.student_app_name={url}", "--model.extractor.mode=rules", f"--trainer.default_root_dir={root}",
         "--trainer.logger=false", "--model.max_n_processes=1", *extra,
-    ]  # fmt: skip
+    ]
     assert cli(arguments) == 0
 
 
@@ -178,7 +178,7 @@ def progress_lines(text: str) -> list[tuple[int, int, int, str]]:
 
 @pytest.mark.slow
 def test_validate_without_a_terminal_prints_plain_lines_with_the_right_counts_and_logs_them(model_url, tmp_path,
-                                                                                           capfd):  # fmt: skip
+                                                                                           capfd):
     handler = logging.FileHandler(tmp_path / "run.log")  # how a program collects the lines in a log file
     logger = logging.getLogger("coral.conversation.progress")
     logger.addHandler(handler)

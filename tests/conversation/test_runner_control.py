@@ -13,7 +13,7 @@ from coral.store import ResultStore, read_records
 from coral.tasks import Example, MMLUProTask
 
 EXAMPLES = [Example(id=name, task="mmlu_pro", question=f"{name}: pick B.", answer="B", choices=("x", "y")) for name in
-            ("first", "slow", "third", "fourth")]  # fmt: skip
+            ("first", "slow", "third", "fourth")]
 
 
 class SlowOn(ScriptedBackend):

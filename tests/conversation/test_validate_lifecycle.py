@@ -65,7 +65,7 @@ def arguments(url: str, root: Path, config: str = COT, *extra: str) -> list[str]
     return [
         "validate", "--config", config, f"--model.teacher_app_name={url}", f"--model.student_app_name={url}",
         "--model.extractor.mode=rules", f"--trainer.default_root_dir={root}", "--trainer.logger=false", *extra,
-    ]  # fmt: skip
+    ]
 
 
 def validate(url: str, root: Path, *extra: str, config: str = COT) -> None:

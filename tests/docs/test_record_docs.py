@@ -29,7 +29,7 @@ def documented_fields(cls: type) -> dict[str, str | None]:
     for statement, following in zip(body, body[1:] + [None]):
         if isinstance(statement, ast.AnnAssign) and isinstance(statement.target, ast.Name):
             doc = following.value.value if isinstance(following, ast.Expr) and isinstance(
-                following.value, ast.Constant) and isinstance(following.value.value, str) else None  # fmt: skip
+                following.value, ast.Constant) and isinstance(following.value.value, str) else None
             found[statement.target.id] = doc
     return found
 
@@ -56,9 +56,9 @@ def test_the_values_produced_are_the_literals_values():
         found = set()
         for node in ast.walk(ast.parse(tree_path.read_text(encoding="utf-8"))):
             targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(
-                node, ast.AnnAssign) else []  # fmt: skip
+                node, ast.AnnAssign) else []
             if any(isinstance(t, ast.Name) and t.id == "stop_reason" for t in targets) and isinstance(
-                    node.value, ast.Constant):  # fmt: skip
+                    node.value, ast.Constant):
                 found.add(node.value.value)
         return found
 

@@ -18,13 +18,13 @@ def record(example_id: str, *levels: list[bool]) -> ConversationRecord:
     for index, grades in enumerate(levels, start=1):
         speaker = "teacher" if index % 2 else "student"
         path, *siblings = [Turn(index=index, speaker=speaker, text=f"{example_id} {index} {n} {ok}", seed=n,
-                                belief="4" if ok else "5", correct=ok) for n, ok in enumerate(grades)]  # fmt: skip
+                                belief="4" if ok else "5", correct=ok) for n, ok in enumerate(grades)]
         path.siblings = siblings
         turns.append(path)
     return ConversationRecord(example_id=example_id, sample_index=0, task="math", run_seed=1, config_hash="h",
                               protocol="coral", agents={"student": MODEL, "teacher": MODEL}, turns=turns,
                               stop_reason="max_turns", max_turns=len(levels), gold="4",
-                              system_prompts={"student": "s", "teacher": "t"})  # fmt: skip
+                              system_prompts={"student": "s", "teacher": "t"})
 
 
 def test_plain_conversations_are_named_as_the_reason(tmp_path: Path, capsys) -> None:

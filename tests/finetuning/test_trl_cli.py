@@ -17,7 +17,7 @@ def test_the_readme_command_line_reaches_train_with_typed_settings(monkeypatch, 
     monkeypatch.setattr(trl_trainer, "train", lambda *args: calls.append(args) or Path(args[2]) / "checkpoint")
     trl_trainer.main(["--model", "SmolLM2-135M-Instruct", "--data", str(tmp_path / "dpo"),
                       "--out", str(tmp_path / "out"), "--settings.method", "sft", "--settings.lora", "true",
-                      "--settings.max_steps", "200"])  # fmt: skip
+                      "--settings.max_steps", "200"])
     (model, data, out, settings), = calls
     assert (model, data, out) == ("SmolLM2-135M-Instruct", tmp_path / "dpo", tmp_path / "out")
     assert settings == TrainSettings(method="sft", lora=True, max_steps=200)
@@ -43,12 +43,12 @@ def tiny_model(folder: Path) -> Path:
     core.pre_tokenizer, core.decoder = pre_tokenizers.ByteLevel(add_prefix_space=False), decoders.ByteLevel()
     core.add_special_tokens(["<|im_start|>", "<|im_end|>"])
     template = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-                "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")  # fmt: skip
+                "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
     PreTrainedTokenizerFast(tokenizer_object=core, eos_token="<|im_end|>", pad_token="<|im_end|>",
-                            chat_template=template).save_pretrained(folder)  # fmt: skip
+                            chat_template=template).save_pretrained(folder)
     config = LlamaConfig(vocab_size=len(vocab), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=2, eos_token_id=len(vocab) - 1,
-                         pad_token_id=len(vocab) - 1)  # fmt: skip
+                         pad_token_id=len(vocab) - 1)
     torch.manual_seed(0)
     LlamaForCausalLM(config).save_pretrained(folder)  # float32, like most released checkpoints' sources
     return folder
@@ -72,13 +72,13 @@ def test_a_tiny_model_trains_and_saves_in_the_devices_dtype(tmp_path, method):
         return [{"role": role, "content": text}]
 
     rows = [{"prompt": message("user", f"{i}+{i}?"), "chosen": message("assistant", str(2 * i)),
-             "rejected": message("assistant", str(2 * i + 1))} for i in range(4)]  # fmt: skip
+             "rejected": message("assistant", str(2 * i + 1))} for i in range(4)]
     if method == "sft":
         rows = [{"prompt": row["prompt"], "completion": row["chosen"]} for row in rows]
     (tmp_path / "data" / "trl").mkdir(parents=True)
     (tmp_path / "data" / "trl" / "train.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
     settings = TrainSettings(method=method, lora=method == "dpo", max_steps=2, batch_size=2, max_length=32,
-                             learning_rate=1e-4)  # fmt: skip
+                             learning_rate=1e-4)
     result = train(tiny_model(tmp_path / "tiny"), tmp_path / "data", tmp_path / "out", settings)
     expected = weight_dtype(None, training_device())
     with safe_open(str(result / "model.safetensors"), framework="pt") as handle:

@@ -29,7 +29,7 @@ def test_config_runs_end_to_end(eval_config, data_override, tmp_path, monkeypatc
         "--trainer.default_root_dir", str(tmp_path),
         "--trainer.logger", "false",
         "--trainer.enable_progress_bar", "false",
-    ] + data_override(eval_config)  # fmt: skip
+    ] + data_override(eval_config)
     main(args)
     records = read_records(tmp_path)
     assert len(records) == 2

@@ -54,7 +54,7 @@ def test_rerunning_the_recorded_config_gives_the_same_records(tmp_path):
     command = [
         sys.executable, "lightning_modules/trainer.py", "validate", "--config", str(RECORDED / "config.yaml"),
         "--trainer.default_root_dir", str(tmp_path), "--trainer.logger.init_args.save_dir", str(tmp_path / "logs"),
-    ]  # fmt: skip
+    ]
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=850)
     assert done.returncode == 0, done.stderr[-3000:]
     recorded, now = records(RECORDED), records(tmp_path)

@@ -32,7 +32,7 @@ def command(results: Path) -> list[str]:
         "--model.max_n_processes", "1",
         "--trainer.default_root_dir", str(results),
         "--trainer.logger.init_args.save_dir", str(results / "logs"),
-    ]  # fmt: skip
+    ]
 
 
 def validate(results: Path) -> subprocess.CompletedProcess:
@@ -120,7 +120,7 @@ def test_an_unavailable_model_is_recorded_as_errors_not_a_crash(tmp_path):
         + ["--model.teacher_model", "no-such-model", "--data.val_max_instances", "2",
            "--trainer.default_root_dir", str(tmp_path), "--trainer.logger", "false"],
         cwd=ROOT, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     records = read_records(tmp_path)
     assert len(records) == 2 and all(r.stop_reason == "error" for r in records)

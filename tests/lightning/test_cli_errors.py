@@ -78,7 +78,7 @@ def test_a_bad_count_names_that_one_option(tmp_path, capsys):
     (["--model.protocol", "koral"], "error: unknown protocol 'koral'; did you mean coral?"),
     (["--data.val_set_init_args.student_instruction", "simple_cott"],
      "error: unknown instruction style 'simple_cott'; did you mean simple_cot?"),
-])  # fmt: skip
+])
 def test_an_unknown_name_is_one_line_with_the_closest(tmp_path, capsys, override, expected):
     assert run(tmp_path, *override) == 2
     assert error_line(capsys).startswith(expected)
@@ -89,7 +89,7 @@ def test_an_unknown_name_is_one_line_with_the_closest(tmp_path, capsys, override
     ("--model.extractor.mode_", "--model.extractor.mode"),
     ("--data.val_max_instance", "--data.val_max_instances"),
     ("--trainer.default_rootdir", "--trainer.default_root_dir"),
-])  # fmt: skip
+])
 def test_a_misspelt_option_suggests_the_closest(tmp_path, capsys, typo, meant):
     with pytest.raises(SystemExit) as exit_:
         run(tmp_path, typo, "2")
@@ -104,7 +104,7 @@ def test_the_reference_three_file_form_parses(tmp_path):
         "--model", "configs/common/ts_interaction_model.yaml",
         "--config", "configs/ts_mmlu_pro.yaml",
         "--model.max_turns", "3",
-    ], run=False)  # fmt: skip
+    ], run=False)
     assert cli_.datamodule.task_name == "mmlu_pro" and cli_.datamodule.val_max_instances == 4
     assert cli_.model.hparams.max_turns == 3 and cli_.model.hparams.max_turn_tokens == 96
     assert cli_.model.extractor_config.mode == "rules_then_judge"

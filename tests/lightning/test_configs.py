@@ -57,7 +57,7 @@ def test_reference_overrides(monkeypatch, tmp_path):
         "--data.val_set_init_args.teacher_instruction", "simple_cot",
         "--data.val_set_init_args.student_instruction", "assistant_sbs",
         "--trainer.default_root_dir", str(tmp_path / "out"),
-    )  # fmt: skip
+    )
     hp = cli.model.hparams
     assert (hp.teacher_model, hp.student_model) == ("/models/a", "/models/b")
     assert (hp.teacher_app_name, hp.student_app_name) == ("8B_grpc", "8B_http")

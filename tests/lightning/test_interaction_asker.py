@@ -23,7 +23,7 @@ def config_hash(cli, drop: str | None = None) -> str:
     module = SimpleNamespace(
         hparams=hparams, extractor_config=cli.model.extractor_config,
         trainer=SimpleNamespace(datamodule=cli.datamodule), run_seed=333,
-    )  # fmt: skip
+    )
     return InteractionModule.config_hash(module)
 
 

@@ -25,7 +25,7 @@ REFERENCE_SPELLINGS = [
     "--model.teacher_app_name", "grpc://127.0.0.1:9000/tiny", "--model.student_app_name", "http://127.0.0.1:8000/v1",
     "--model.max_n_processes", "7", "--model.expansion_strategy", "stratified", "--model.beam_size", "3",
     "--model.max_turns", "4", "--model.single_request_expansion", "false",
-]  # fmt: skip
+]
 
 
 def check_mapped(module: InteractionModule) -> None:
@@ -93,7 +93,7 @@ def test_the_readme_names_each_reference_spelling_once_with_a_real_inside_name()
     accepted = set(inspect.signature(InteractionModule).parameters)
     accepted |= {f"extractor.{f.name}" for f in fields(ExtractorConfig)}
     assert options == {"teacher_model", "student_model", "teacher_app_name", "student_app_name",
-                       "extractor.app_name", "max_n_processes", "expansion_strategy"}  # fmt: skip
+                       "extractor.app_name", "max_n_processes", "expansion_strategy"}
     assert options <= accepted
     inside = {name for cells in rows for name in re.findall(r"`(\w+\.\w+)`", cells[1])}
     known = {f"RunSettings.{f.name}" for f in fields(RunSettings)} | {f"AgentSpec.{f.name}" for f in fields(AgentSpec)}

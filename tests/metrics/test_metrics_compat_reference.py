@@ -20,7 +20,7 @@ def ref_turn(role, answer, em=0.0, generated_ok=True, judge_ok=True):
     """A generated turn as the reference recorded it (turn 0 is added by ``reference_metrics``)."""
     valid = answer is not None and not answer.startswith("Error") and answer != NSY
     return {"role": role, "status_ok": generated_ok, "extracted_answer": answer, "valid": valid,
-            "judge_ok": judge_ok, "em": em}  # fmt: skip
+            "judge_ok": judge_ok, "em": em}
 
 
 def reference_metrics(turns):
@@ -59,12 +59,12 @@ def coral_record(*turns: Turn) -> ConversationRecord:
         example_id="ex", sample_index=0, task="mmlu_pro", run_seed=0, config_hash="test", protocol="coral",
         agents={"student": "m", "teacher": "m"}, turns=[opening, *turns],
         stop_reason="error" if turns[-1].error else "max_turns", max_turns=20, gold="A",
-    )  # fmt: skip
+    )
 
 
 def rule(index, speaker, belief, cls):
     return Turn(index=index, speaker=speaker, text=f"The correct answer is ({belief})", belief=belief,
-                belief_method="rule", belief_class=cls, correct=belief == "A")  # fmt: skip
+                belief_method="rule", belief_class=cls, correct=belief == "A")
 
 
 def judged(index, speaker, reply):
@@ -89,7 +89,7 @@ def test_compat_rates_an_errored_turn_as_the_reference_did():
     # appends the failed turn and runs its judge on the error text, which names no answer: "not sure yet". So
     # it rates 3 turns, 2 of them valid (2/3); coral's default rates only the 2 generated ones (2/2).
     reference = [ref_turn("teacher", "B"), ref_turn("student", "A", em=1.0),
-                 ref_turn("teacher", NSY, generated_ok=False)]  # fmt: skip
+                 ref_turn("teacher", NSY, generated_ok=False)]
     record = coral_record(rule(1, "teacher", "B", 0), rule(2, "student", "A", 1), errored(3, "teacher"))
     assert compat_subset(record) == pytest.approx(reference_metrics(reference))
     compat = conversation_metrics(record, compat=True)
@@ -107,11 +107,11 @@ def test_compat_keeps_an_unreadable_judge_reply_as_the_belief_error_reply():
     #   i=4: sp=E pp=B: tok=U != E -> not assertive (were E read as U: assertive); pp=B pn=B (last) -> no
     #   assert 1/4, split (0, 1, 0); no persuasion (i=1: pp=U pn=E, tok=B)
     reference = [ref_turn("teacher", "B"), ref_turn("student", "Error: I think it is option one"),
-                 ref_turn("teacher", "B"), ref_turn("student", NSY)]  # fmt: skip
+                 ref_turn("teacher", "B"), ref_turn("student", NSY)]
     record = coral_record(
         rule(1, "teacher", "B", 0), judged(2, "student", "I think it is option one"),
         rule(3, "teacher", "B", 0), judged(4, "student", "Not sure yet."),
-    )  # fmt: skip
+    )
     want = reference_metrics(reference)
     assert (want["assert_rate"], want["incorrect_assert_rate"], want["valid_answer_rate"]) == (0.25, 1.0, 0.5)
     assert compat_subset(record) == pytest.approx(want)
@@ -128,14 +128,14 @@ def test_compat_reproduces_the_reference_on_a_conversation_with_every_kind_of_tu
         ref_turn("student", NSY), ref_turn("teacher", "Error: extraction network error", judge_ok=False),
         ref_turn("student", "A", em=1.0), ref_turn("teacher", "A", em=1.0),
         ref_turn("student", NSY, generated_ok=False),
-    ]  # fmt: skip
+    ]
     failed_judge = Turn(index=5, speaker="teacher", text="hmm", belief_method="judge", correct=False,
-                        extraction_error="judge failed after 3 attempt(s): BackendError: HTTP 503")  # fmt: skip
+                        extraction_error="judge failed after 3 attempt(s): BackendError: HTTP 503")
     record = coral_record(
         rule(1, "teacher", "B", 0), judged(2, "student", "option one"), rule(3, "teacher", "B", 0),
         judged(4, "student", "I am not sure yet"), failed_judge, rule(6, "student", "A", 1),
         rule(7, "teacher", "A", 1), errored(8, "student"),
-    )  # fmt: skip
+    )
     want = reference_metrics(reference)
     assert (want["persuade_rate"], want["assert_rate"], want["rated_turns"]) == (1 / 8, 1 / 8, 8.0)
     assert compat_subset(record) == pytest.approx(want)

@@ -34,7 +34,7 @@ PIECES = (
     "The correct answer is", "answer is", "Answer:", "answer is:", "####", "1,", "9", "-", ".", "/",
     "Short Answer:", "The final answer is ", "not sure yet", "NOT SURE YET", "the ", "know", " not ",
     " ", "\t", "\n", "\r\n", "İ", "\u200b", "\x00", "\ud800",
-)  # fmt: skip
+)
 """What parsers look for, and characters that change length or meaning under lower() and splitting."""
 
 SIZES = (1, 10, 1_000, 20_000, MEGABYTE)

@@ -41,7 +41,7 @@ def small_run(tmp_path_factory, browser) -> Path:
         "--model.extractor.max_tokens", "8",
         "--trainer.default_root_dir", str(results),
         "--trainer.logger.init_args.save_dir", str(results / "logs"),
-    ]  # fmt: skip
+    ]
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=500)
     assert done.returncode == 0, done.stderr[-3000:]
     assert f"report: {results / 'report.html'}" in done.stdout

@@ -43,12 +43,12 @@ def test_run_reads_records_metrics_and_config_from_the_folder(hand_run):
     assert {name: c.outcome for name, c in conversations.items()} == HAND_OUTCOMES
     assert {name: c.agreed_at for name, c in conversations.items()} == {
         "right": 2, "wrong": 2, "unsure": None, "broken": None,
-    }  # fmt: skip
+    }
     assert [name for name, c in conversations.items() if c.errored] == ["broken"]
     # 2 turns x (5 + 10), the sibling's 15 more for "right", the judge's 3 + 2 for "wrong"
     assert {name: c.tokens for name, c in conversations.items()} == {
         "right": 45, "wrong": 35, "unsure": 30, "broken": 30,
-    }  # fmt: skip
+    }
     assert setup(run) == {
         "task": "mmlu_pro",
         "protocol": "coral",
@@ -105,7 +105,7 @@ def test_page_shows_the_metrics_embeds_the_figures_and_escapes_model_output(hand
     assert set(report.figures) == {
         "accuracy_by_turn", "agreement_by_turn", "turns_to_agreement", "token_cost", "persuade_by_correctness",
         "assert_by_correctness",
-    }  # fmt: skip
+    }
     for name, path in report.figures.items():
         data = path.read_bytes()
         assert path == hand_run / "figures" / f"{name}.png" and data.startswith(PNG)

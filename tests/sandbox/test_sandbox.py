@@ -149,7 +149,7 @@ def test_a_network_connection_is_blocked_and_the_server_sees_nothing() -> None:
 def test_the_socket_prelude_blocks_sockets_where_no_namespace_can_be_made(tmp_path: Path) -> None:
     (tmp_path / "main.py").write_text("import socket\nsocket.create_connection(('127.0.0.1', 9))\n")
     run = subprocess.run([sys.executable, "-I", "-S", "-c", sandbox._SOCKET_PRELUDE], cwd=tmp_path,
-                         capture_output=True, text=True, timeout=30, check=False)  # fmt: skip
+                         capture_output=True, text=True, timeout=30, check=False)
     assert run.returncode == 1
     assert "network access is disabled in the coral sandbox" in run.stderr
 

@@ -285,7 +285,7 @@ def test_committed_stubs_equal_a_fresh_generation(tmp_path):
         [sys.executable, "-m", "grpc_tools.protoc", "-I", "libs", f"--python_out={tmp_path}", f"--pyi_out={tmp_path}",
          f"--grpc_python_out={tmp_path}", "libs/coral/wire/coral_chat.proto"],
         cwd=ROOT, check=True,
-    )  # fmt: skip
+    )
     fresh = tmp_path / "coral" / "wire"
     names = ["coral_chat_pb2.py", "coral_chat_pb2.pyi", "coral_chat_pb2_grpc.py"]
     assert sorted(p.name for p in fresh.iterdir()) == names

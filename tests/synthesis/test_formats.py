@@ -39,7 +39,7 @@ SYSTEM = {"student": "You are a careful student.", "teacher": "You are a patient
 
 def turn(index: int, grade: str, text: str, agreement: bool = False) -> Turn:
     return Turn(index=index, speaker="teacher" if index % 2 else "student", text=text, seed=index,
-                belief={"c": "4", "w": "5"}[grade], correct=grade == "c", agreement=agreement)  # fmt: skip
+                belief={"c": "4", "w": "5"}[grade], correct=grade == "c", agreement=agreement)
 
 
 def tree(example_id: str, sample_index: int) -> ConversationRecord:
@@ -53,7 +53,7 @@ def tree(example_id: str, sample_index: int) -> ConversationRecord:
     return ConversationRecord(example_id=example_id, sample_index=sample_index, task="math", run_seed=1,
                               config_hash="h", protocol="coral", agents={"student": MODEL, "teacher": MODEL},
                               turns=[question, first, second], stop_reason="agreement", max_turns=4, gold="4",
-                              system_prompts=dict(SYSTEM))  # fmt: skip
+                              system_prompts=dict(SYSTEM))
 
 
 def rows(path: Path) -> list[dict[str, Any]]:
@@ -78,7 +78,7 @@ def results(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_dpo_dataset_has_both_formats_rendered_by_the_real_chat_template(results: Path, tmp_path: Path,
-                                                                         tokenizer: Any) -> None:  # fmt: skip
+                                                                         tokenizer: Any) -> None:
     settings = PairSettings(max_pairs_per_level=2, max_pairs_per_problem=5, seed=3)
     counts = build_dpo([results], tmp_path / "dpo", settings, tokenizer)
     out = tmp_path / "dpo"
@@ -98,7 +98,7 @@ def test_dpo_dataset_has_both_formats_rendered_by_the_real_chat_template(results
         assert fs2_row["tgt_chosen"] in {t.text for t in level if t.correct}
         assert fs2_row["tgt_rejected"] in {t.text for t in level if not t.correct}
         assert fs2_row["src"] == tokenizer.apply_chat_template(trl_row["prompt"], add_generation_prompt=True,
-                                                               tokenize=False)  # fmt: skip
+                                                               tokenize=False)
         assert fs2_row["src"].startswith(f"<|im_start|>system\n{SYSTEM[speaker]}<|im_end|>\n")
         assert fs2_row["src"].endswith("<|im_end|>\n<|im_start|>assistant\n")
         assert "<|im_end|>" not in fs2_row["tgt_chosen"] + fs2_row["tgt_rejected"]  # fairseq2 appends EOS itself
@@ -115,7 +115,7 @@ def test_dpo_dataset_has_both_formats_rendered_by_the_real_chat_template(results
 
 
 def test_sft_dataset_is_prompt_completion_for_trl_and_src_tgt_for_fairseq2(results: Path, tmp_path: Path,
-                                                                         tokenizer: Any) -> None:  # fmt: skip
+                                                                         tokenizer: Any) -> None:
     counts = build_sft([results], tmp_path / "sft", SFTSettings(mode="agreement"), tokenizer)
     trl, fs2 = rows(tmp_path / "sft" / TRL_TRAIN), rows(tmp_path / "sft" / FAIRSEQ2_TRAIN)
     assert counts["examples"] == len(trl) == len(fs2) == 4 * 2  # every generated turn of the 4 agreeing conversations
@@ -123,7 +123,7 @@ def test_sft_dataset_is_prompt_completion_for_trl_and_src_tgt_for_fairseq2(resul
         assert set(trl_row) == {"prompt", "completion"} and set(fs2_row) == {"src", "tgt"}
         assert trl_row["completion"] == [{"role": "assistant", "content": fs2_row["tgt"]}]
         assert fs2_row["src"] == tokenizer.apply_chat_template(trl_row["prompt"], add_generation_prompt=True,
-                                                               tokenize=False)  # fmt: skip
+                                                               tokenize=False)
     assert dataset_is_complete(tmp_path / "sft", SFTSettings(mode="agreement"))
     assert not dataset_is_complete(tmp_path / "sft", SFTSettings(mode="all"))
 
@@ -153,7 +153,7 @@ def test_damaged_or_missing_datasets_are_not_complete(results: Path, tmp_path: P
 
 
 def test_a_failed_write_keeps_the_previous_dataset(results: Path, tmp_path: Path, tokenizer: Any,
-                                                   monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     out = tmp_path / "dpo"
     old = PairSettings(seed=1)
     build_dpo([results], out, old, tokenizer)
@@ -176,13 +176,13 @@ def test_a_failed_write_keeps_the_previous_dataset(results: Path, tmp_path: Path
 def test_command_lines_write_the_same_datasets(results: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     counts = build_dpo_cli.main(["--results", str(results), str(results), "--out", str(tmp_path / "dpo"),
                                  "--model", MODEL, "--max_pairs_per_level", "1", "--agree_wrong_penalty", "0.1",
-                                 "--seed", "5"])  # fmt: skip
+                                 "--seed", "5"])
     assert json.loads(capsys.readouterr().out)["pairs"] == counts["pairs"] == 8
     assert counts["records_read"] == 8 and counts["duplicate_records"] == 4
     expected = PairSettings(max_pairs_per_level=1, agree_wrong_penalty=0.1, seed=5)
     assert dataset_is_complete(tmp_path / "dpo", expected)
     counts = build_sft_cli.main(["--results", str(results), "--out", str(tmp_path / "sft"), "--model", MODEL,
-                                 "--mode", "correct", "--max_per_problem", "3"])  # fmt: skip
+                                 "--mode", "correct", "--max_per_problem", "3"])
     assert counts["examples"] == 2 * 3 and counts["dropped"]["problem_cap"] == 2
     assert dataset_is_complete(tmp_path / "sft", SFTSettings(mode="correct", max_per_problem=3))
 
@@ -195,12 +195,12 @@ def tiny_llama(tokenizer: Any) -> Any:
     config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
                          pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
-                         eos_token_id=tokenizer.eos_token_id)  # fmt: skip
+                         eos_token_id=tokenizer.eos_token_id)
     return LlamaForCausalLM(config)
 
 
 CPU_ARGS = {"max_steps": 1, "per_device_train_batch_size": 2, "report_to": [], "use_cpu": True, "bf16": False,
-            "gradient_checkpointing": False, "save_strategy": "no", "logging_steps": 1, "max_length": 256}  # fmt: skip
+            "gradient_checkpointing": False, "save_strategy": "no", "logging_steps": 1, "max_length": 256}
 
 
 def load_train(out: Path, tmp_path: Path) -> Any:
@@ -219,21 +219,21 @@ def test_trl_dpo_trainer_trains_a_step_on_the_dataset(results: Path, tmp_path: P
     model = tiny_llama(tokenizer)
     args = DPOConfig(output_dir=str(tmp_path / "run"), **CPU_ARGS)
     trainer = DPOTrainer(model=model, ref_model=copy.deepcopy(model), processing_class=tokenizer, args=args,
-                         train_dataset=dataset)  # fmt: skip
+                         train_dataset=dataset)
     result = trainer.train()
     assert trainer.state.global_step == 1 and math.isfinite(result.training_loss)
 
 
 @pytest.mark.slow
 def test_trl_sft_trainer_trains_a_step_with_loss_on_the_completion(results: Path, tmp_path: Path,
-                                                                   tokenizer: Any) -> None:  # fmt: skip
+                                                                   tokenizer: Any) -> None:
     from trl import SFTConfig, SFTTrainer
 
     build_sft([results], tmp_path / "sft", SFTSettings(mode="correct", max_per_problem=2), tokenizer)
     dataset = load_train(tmp_path / "sft", tmp_path)
     assert dataset.num_rows == 4 and set(dataset.column_names) == {"prompt", "completion"}
     trainer = SFTTrainer(model=tiny_llama(tokenizer), processing_class=tokenizer, train_dataset=dataset,
-                         args=SFTConfig(output_dir=str(tmp_path / "run"), **CPU_ARGS))  # fmt: skip
+                         args=SFTConfig(output_dir=str(tmp_path / "run"), **CPU_ARGS))
     for row in trainer.train_dataset:  # the loss is on the reply and its end-of-turn token only
         trained = [token for token, label in zip(row["input_ids"], row["labels"]) if label != -100]
         assert tokenizer.decode(trained) == row["completion"][0]["content"] + "<|im_end|>\n"

@@ -68,7 +68,7 @@ def read_rows(path: Path) -> dict[str, dict]:
 
 def build(rows: list[dict], backend: ScriptedBackend, out: Path, samples: int, seed: int = SEED) -> BuildCounts:
     return asyncio.run(build_mbpp_cr(rows, backend, "scripted", samples_per_task=samples, out_path=out, seed=seed,
-                                     limits=LIMITS))  # fmt: skip
+                                     limits=LIMITS))
 
 
 def test_hostile_samples_are_labelled_and_the_build_survives(rows: list[dict], tmp_path: Path) -> None:
@@ -84,7 +84,7 @@ def test_hostile_samples_are_labelled_and_the_build_survives(rows: list[dict], t
         assert statuses[4] in ("failed", "timeout") and statuses[5] == "memory"
         first = got[0]
         assert list(first) == ["id", "task_id", "sample_index", "text", "code", "test_list", "test_setup_code",
-                               "is_correct", "sandbox_status", "seed", "model"]  # fmt: skip
+                               "is_correct", "sandbox_status", "seed", "model"]
         assert (first["task_id"], first["text"], first["test_list"]) == (row["task_id"], row["text"], row["test_list"])
         assert first["code"] == row["code"]  # the fenced block, not the prose around it
         assert got[3]["code"] == "import os; os._exit(1)"  # no fence: the whole reply
@@ -181,7 +181,7 @@ def test_cli_builds_a_split(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     backend = ScriptedBackend(lambda messages, sampling: by_seed[sampling.seed])
     out = tmp_path / "prompt.jsonl"
     argv = ["--mbpp", str(MBPP), "--split", "prompt", "--samples", "1", "--out", str(out), "--max-tasks", "2",
-            "--model", "scripted", "--timeout-s", "5", "--temperature", "0.5"]  # fmt: skip
+            "--model", "scripted", "--timeout-s", "5", "--temperature", "0.5"]
     counts = main(argv, backend=backend)
     assert counts == BuildCounts(2, 2, 2, 0, 2, 0)
     assert sorted(read_rows(out)) == ["1-0", "2-0"]

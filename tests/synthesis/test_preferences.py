@@ -38,7 +38,7 @@ def candidate(spec: Spec, index: int, speaker: str, position: int, tree_name: st
     belief, correct, error, extraction_error = GRADES[spec["grade"]]
     text = "" if error else spec.get("text", f"{spec['grade']}: {tree_name}, level {index}, candidate {position}")
     return Turn(index=index, speaker=speaker, text=text, seed=1000 * index + position, belief=belief, correct=correct,
-                error=error, extraction_error=extraction_error, agreement=spec.get("agreement", False))  # fmt: skip
+                error=error, extraction_error=extraction_error, agreement=spec.get("agreement", False))
 
 
 def tree(*levels: list[Spec], example_id: str = "p1", sample_index: int = 0, task: str = "math") -> ConversationRecord:
@@ -53,7 +53,7 @@ def tree(*levels: list[Spec], example_id: str = "p1", sample_index: int = 0, tas
     return ConversationRecord(example_id=example_id, sample_index=sample_index, task=task, run_seed=0,
                               config_hash="h", protocol="coral", agents={"student": "m", "teacher": "m"},
                               turns=turns, stop_reason="max_turns", max_turns=len(levels), gold="A",
-                              system_prompts=dict(SYSTEM))  # fmt: skip
+                              system_prompts=dict(SYSTEM))
 
 
 def build(records: list[ConversationRecord], **settings: Any) -> tuple[list[PreferencePair], dict[str, Any]]:
@@ -111,7 +111,7 @@ def test_level_and_problem_caps_hold() -> None:
     assert sum(p.origin.example_id == "p2" for p in pairs) == 2
     assert counts["dropped"]["problem_cap"] == 18 - 5
     assert counts["per_problem"] == {"problems": 2, "with_examples": 2, "min": 2, "max": 5, "mean": 3.5,
-                                     "median": 3.5, "at_cap": 1}  # fmt: skip
+                                     "median": 3.5, "at_cap": 1}
 
 
 def test_paper_defaults() -> None:
@@ -224,7 +224,7 @@ def test_a_record_without_the_speakers_system_prompt_fails_naming_it() -> None:
 
 @pytest.mark.parametrize("bad", [{"max_pairs_per_level": 0}, {"max_pairs_per_problem": -1},
                                  {"length_penalty": -0.1}, {"max_length_ratio": 0},
-                                 {"min_pass_rate": 0.8, "max_pass_rate": 0.2}])  # fmt: skip
+                                 {"min_pass_rate": 0.8, "max_pass_rate": 0.2}])
 def test_bad_settings_name_the_field(bad: dict[str, Any]) -> None:
     with pytest.raises(ValueError, match="PairSettings"):
         PairSettings(**bad)

@@ -24,12 +24,12 @@ def record(*specs: str, example_id: str = "p1", sample_index: int = 0, text_tag:
         turns.append(Turn(index=index, speaker="teacher" if index % 2 else "student",
                           text="" if grade == "e" else f"{grade} turn {index} of {tag}", seed=index,
                           belief=belief, correct=None if grade == "e" else belief == "A", agreement=agreed,
-                          error="BackendError: boom" if grade == "e" else None))  # fmt: skip
+                          error="BackendError: boom" if grade == "e" else None))
     stop = "error" if specs[-1] == "e" else "agreement" if specs[-1].endswith("+") else "max_turns"
     return ConversationRecord(example_id=example_id, sample_index=sample_index, task="math", run_seed=0,
                               config_hash="h", protocol="coral", agents={"student": "m", "teacher": "m"},
                               turns=turns, stop_reason=stop, max_turns=10, gold="A",
-                              system_prompts=dict(SYSTEM))  # fmt: skip
+                              system_prompts=dict(SYSTEM))
 
 
 RECORDS = [
@@ -61,7 +61,7 @@ def chosen(examples: list[SFTExample]) -> set[tuple[str, int]]:
         ({"mode": "correct", "context_turns": 1}, {("agreed_right", 1), ("agreed_right", 2), ("agreed_right", 3),
                                                   ("no_agreement", 1), ("no_agreement", 2)}),
     ],
-)  # fmt: skip
+)
 def test_each_mode_selects_exactly_the_expected_turns(settings: dict[str, Any], expected: set) -> None:
     examples, counts = select(RECORDS, **settings)
     assert chosen(examples) == expected and len(examples) == len(expected)

@@ -25,7 +25,7 @@ def examples() -> list[Example]:
 def test_loads_the_csv(examples: list[Example]) -> None:
     assert [e.answer for e in examples] == [
         "leather bag", "wooden crate", "kitchen", "no", "does not know about it", "knows about it",
-    ]  # fmt: skip
+    ]
     assert [e.source["nth_order"] for e in examples] == [1, -1, 2, 1, 2, 2]
     first = examples[0]
     assert first.question == "In which container will Beth search for the apple?"
@@ -132,7 +132,7 @@ def test_config_builds_with_the_fixture(monkeypatch: pytest.MonkeyPatch, tmp_pat
             ["--config", config, "--trainer.default_root_dir", str(tmp_path),
              "--data.val_set_init_args.file_path", str(CSV)],
             run=False,
-        )  # fmt: skip
+        )
         cli.datamodule.setup("validate")
         task = cli.datamodule.task
         assert isinstance(task, ExploreToMTask) and task.story_field == "story_structure"

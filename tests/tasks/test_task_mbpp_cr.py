@@ -31,7 +31,7 @@ def test_loads_rows_with_gold_from_the_execution_label(examples: dict[str, Examp
     assert list(examples) == ["11-0", "11-1", "18-0", "18-1", "42-0", "42-1"]
     assert {i: e.answer for i, e in examples.items()} == {
         "11-0": "A", "11-1": "B", "18-0": "A", "18-1": "A", "42-0": "B", "42-1": "B",
-    }  # fmt: skip
+    }
     for example in examples.values():
         assert example.choices == CHOICES == ("Yes, the code is correct", "No, the code is incorrect")
         assert example.task == "mbpp_cr"

@@ -34,7 +34,7 @@ SHORT_CHARS = 40
 INDEX_COLUMNS = (
     "example_id", "sample_index", "outcome", "agreed_at", "errored", "stop_reason", "turns", "tokens", "belief",
     "gold", "preview",
-)  # fmt: skip
+)
 """One index row per conversation, in this order (``report.js`` reads them by these names)."""
 
 
