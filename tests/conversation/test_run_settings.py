@@ -53,6 +53,6 @@ def test_every_context_gets_the_runners_settings_object_and_records_carry_its_va
 def test_settings_are_frozen_and_default_like_the_runner_did():
     settings = RunSettings(run_seed=1, config_hash="h")
     with pytest.raises(dataclasses.FrozenInstanceError):
-        settings.concurrency = 3  # type: ignore[misc]
+        settings.concurrency = 3
     assert (settings.max_turns, settings.concurrency, settings.beam_size, settings.expansion) == (20, 100, 1, "random")
     assert (settings.retry, settings.single_request_expansion, settings.stop_grace_s) == (RetryPolicy(), True, 10.0)

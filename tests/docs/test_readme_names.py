@@ -109,7 +109,7 @@ def console_scripts() -> dict[str, str]:
     setup = configparser.ConfigParser()
     setup.read(ROOT / "setup.cfg")
     lines = setup["options.entry_points"]["console_scripts"].strip().splitlines()
-    return dict(tuple(part.strip() for part in line.split("=", 1)) for line in lines)  # type: ignore[misc]
+    return dict(tuple(part.strip() for part in line.split("=", 1)) for line in lines)
 
 
 def test_every_command_is_a_console_script_that_resolves():

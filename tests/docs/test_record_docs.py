@@ -24,7 +24,7 @@ LIB = Path(records.__file__).resolve().parent
 
 def documented_fields(cls: type) -> dict[str, str | None]:
     """Field name -> the string literal right under it (None when there is none)."""
-    body = ast.parse(inspect.getsource(cls)).body[0].body  # type: ignore[attr-defined]
+    body = ast.parse(inspect.getsource(cls)).body[0].body
     found: dict[str, str | None] = {}
     for statement, following in zip(body, body[1:] + [None]):
         if isinstance(statement, ast.AnnAssign) and isinstance(statement.target, ast.Name):
@@ -66,5 +66,5 @@ def test_the_values_produced_are_the_literals_values():
     methods = set()
     for node in ast.walk(ast.parse((LIB / "beliefs" / "extractor.py").read_text(encoding="utf-8"))):
         if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "Extraction" and len(node.args) > 1:
-            methods.add(node.args[1].value)  # type: ignore[attr-defined]
+            methods.add(node.args[1].value)
     assert methods == set(get_args(BeliefMethod))
