@@ -142,6 +142,7 @@ def test_filters_and_the_conversation_view_on_known_outcomes(hand_run, page: Pag
     assert page.errors == [] and page.requests == []
 
 
+@pytest.mark.slow
 def test_load_benchmark_writes_seeded_records_and_times_a_real_page(tmp_path, browser):
     from benchmarks import report_load
 
