@@ -13,7 +13,7 @@ from coral.tasks.base import NOT_SURE
 
 PARSE_WINDOW = 16_384
 """Characters a parser reads: the end of an agent's turn, where the final answer is stated, and the start of a
-judge's reply, which answers first (its token budget is 32). About 4,000 tokens, so a turn within the usual
+judge's reply, which answers first (in 32 tokens by default). About 4,000 tokens, so a turn within the usual
 1,024-token budget is read whole; an answer stated earlier than that in a longer turn is left to the judge."""
 
 _UNSURE = re.compile(re.escape(NOT_SURE), re.IGNORECASE)
