@@ -61,6 +61,7 @@ class Rule:
 
 
 RULES = [
+    Rule("bash tests/install_browser.sh", "skip", "installs Debian's chromium (root): the browser test needs it"),
     Rule("pip install", "skip", "installs packages: the environment running this test is that install"),
     Rule("python -m pytest", "skip", "the test suite itself"),
     Rule("ruff check", "skip", "the lint gate: CI runs it before the tests"),
