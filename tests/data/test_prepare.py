@@ -330,3 +330,16 @@ def _explore_tom_rows(path: Path, copies: int) -> Path:
             row["question"] = f"{row['question']} (variant {number})"
             writer.writerow(row)
     return path
+
+
+def test_a_json_split_that_does_not_parse_names_its_file_and_line(tmp_path: Path) -> None:
+    from coral.data.files import read_rows
+    from coral.errors import DataError
+
+    split = tmp_path / "split.json"
+    split.write_text('{"data": [\n  {"story": "x"},\n  oops\n]}\n', encoding="utf-8")
+    with pytest.raises(DataError, match=r"split\.json.*line 3.*not valid JSON"):
+        read_rows(split)
+    split.write_text("[" * 100_000 + "]" * 100_000, encoding="utf-8")
+    with pytest.raises(DataError, match="nested too deeply"):
+        read_rows(split)

@@ -13,6 +13,10 @@ Message = dict[str, str]
 """An OpenAI-style chat message: ``{"role": "system"|"user"|"assistant", "content": ...}``."""
 
 
+MAX_N = 128
+"""Most completions one request may ask for (the HTTP and gRPC servers both refuse more)."""
+
+
 @dataclass(frozen=True)
 class ChatRequest:
     """One chat request: the only place its fields are declared, passed whole from caller to backend to server."""

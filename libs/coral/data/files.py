@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from coral.tasks.base import read_jsonl, reading
+from coral.tasks.base import parse_json, read_jsonl, reading
 
 ROW_FORMATS = (".jsonl", ".csv", ".json")
 """Suffixes of the row formats a split can be written in: JSONL, CSV, and Hi-ToM's ``{"data": [...]}``."""
@@ -61,7 +61,7 @@ def read_rows(path: Path) -> tuple[list[dict[str, Any]], tuple[str, ...] | None]
             return list(reader), tuple(reader.fieldnames or ())
     if path.suffix == ".json" and path.is_file():
         with reading(path):
-            document = json.loads(path.read_text(encoding="utf-8"))
+            document = parse_json(path.read_text(encoding="utf-8"), path)
         if isinstance(document, dict) and isinstance(document.get("data"), list):
             return document["data"], None
     return None

@@ -30,10 +30,11 @@ from collections.abc import Hashable, Sequence
 from math import fsum
 
 from coral.records import ConversationRecord, Turn
+from coral.tasks.base import NOT_SURE
 
 UNSURE = "unsure"
 """Corrected-mode token of a turn that commits to no answer (beliefs are tuples, so it cannot collide)."""
-COMPAT_UNSURE = "not sure yet"
+COMPAT_UNSURE = NOT_SURE
 """The reference's belief string for "no answer"; in compat mode it compares equal like any other belief."""
 UNSURE_SCORE = 0.5
 """Score of a turn without a belief (the reference's ``not_sure_score``)."""

@@ -25,9 +25,6 @@ from coral.store import read_records, store_files
 CONFIG_FILE = "config.yaml"
 """The resolved configuration ``trainer.py`` saves beside the records."""
 
-OUTCOMES = ("correct", "incorrect", "no answer")
-"""A conversation's outcome: its last belief is correct, wrong, or it committed to no answer at all."""
-
 
 @dataclass
 class Conversation:

@@ -36,14 +36,12 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from coral.backends.base import BackendError, ChatBackend, ChatRequest, Completion, Delta, stream_chat
+from coral.backends.base import MAX_N, BackendError, ChatBackend, ChatRequest, Completion, Delta, stream_chat
 from coral.backends.http import REPLICA_HEADER, SESSION_HEADER
 from coral.sampling import SamplingParams
 
 log = logging.getLogger(__name__)
 
-MAX_N = 128
-"""Most completions one request may ask for."""
 MAX_BODY_BYTES = 4 * 2**20
 """Default largest request body: a full 8k-token conversation is ~40 KB of JSON, so 4 MiB leaves ample room."""
 

@@ -12,13 +12,11 @@ from collections.abc import Iterable, Sequence
 
 import grpc
 
-from coral.backends.base import ChatRequest, Completion, Delta
+from coral.backends.base import MAX_N, ChatRequest, Completion, Delta
 from coral.sampling import SamplingParams
 from coral.wire import coral_chat_pb2 as pb
 
 ROLES = ("assistant", "system", "user")
-MAX_N = 128
-"""Most completions one request may ask for."""
 SESSION_METADATA = "multiplexed_model_id"
 """gRPC metadata naming the conversation; Ray Serve's gRPC proxy routes on it (model multiplexing)."""
 MAX_MESSAGE_BYTES = 64 * 2**20
