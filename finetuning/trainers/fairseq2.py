@@ -22,7 +22,6 @@ Configs are kept as plain nested dicts; ``to_mergeable`` turns them into the ``_
 from __future__ import annotations
 
 import copy
-import difflib
 import json
 import os
 import re
@@ -36,6 +35,7 @@ from typing import Any
 
 import yaml
 
+from coral.errors import did_you_mean
 from coral.synthesis.formats import FAIRSEQ2_TRAIN
 
 FAIRSEQ2_VERSION = "0.4.6"
@@ -121,7 +121,7 @@ def render_config(
         overrides: dotted keys to set, e.g. ``{"regime.num_steps": 500, "common.seed": 3}``.
     """
     if preset not in PRESETS:
-        raise ValueError(f"unknown fairseq2 preset {preset!r}{_suggest(preset, PRESETS)}; known: {sorted(PRESETS)}")
+        raise ValueError(f"unknown fairseq2 preset {preset!r}{did_you_mean(preset, PRESETS)}; known: {sorted(PRESETS)}")
     config = copy.deepcopy(PRESETS[preset])
     train_file = Path(FAIRSEQ2_TRAIN)  # fairseq2/train/train.jsonl
     dataset = config["dataset"]
@@ -140,18 +140,13 @@ def _set_dotted(config: dict[str, Any], key: str, value: Any) -> None:
     parts = key.split(".")
     allowed = [s for s in SECTIONS if s != "criterion" or "criterion" in config]
     if parts[0] not in allowed:
-        raise ValueError(f"override {key!r}: unknown section {parts[0]!r}{_suggest(parts[0], allowed)}")
+        raise ValueError(f"override {key!r}: unknown section {parts[0]!r}{did_you_mean(parts[0], allowed)}")
     node = config
     for part in parts[:-1]:
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
             raise ValueError(f"override {key!r}: {part!r} holds a value, not a section")
     node[parts[-1]] = value
-
-
-def _suggest(name: str, known: Any) -> str:
-    close = difflib.get_close_matches(name, list(known), n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def recipe_of(config: Mapping[str, Any]) -> str:
@@ -235,7 +230,7 @@ def render_sbatch(command: list[str], out_dir: Path, slurm: Mapping[str, Any]) -
     """An sbatch script running ``command`` once per task with ``srun`` (Coral's layout, §6.2)."""
     unknown = [key for key in slurm if key not in SLURM_KEYS]
     if unknown:
-        raise ValueError(f"unknown slurm option {unknown[0]!r}{_suggest(unknown[0], SLURM_KEYS)}; known: "
+        raise ValueError(f"unknown slurm option {unknown[0]!r}{did_you_mean(unknown[0], SLURM_KEYS)}; known: "
                          f"{', '.join(SLURM_KEYS)}")
     opts = {**SLURM_DEFAULTS, **slurm}
     lines = ["#!/bin/bash", f"#SBATCH --job-name={opts.get('job_name', 'coral-fairseq2')}",

@@ -6,6 +6,9 @@ status 2) instead of a traceback.
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable
+
 
 class DataError(ValueError):
     """A data file is malformed; the message names the file, line and field."""
@@ -51,3 +54,9 @@ def user_error(exc: BaseException) -> DataError | ConfigError | None:
         seen.add(id(current))
         current = current.__cause__ or current.__context__
     return None
+
+
+def did_you_mean(name: str, known: Iterable[str]) -> str:
+    """`` (did you mean 'x'?)`` naming the known name closest to ``name``, or nothing when none is close."""
+    close = difflib.get_close_matches(name, list(known), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import ast
 import dataclasses
-import difflib
 import re
 import time
 import urllib.error
@@ -29,6 +28,7 @@ from typing import Any
 
 import yaml
 
+from coral.errors import did_you_mean
 from coral.serving.cluster import ClusterState, HeadInfo
 
 EMBEDDED_IMPORT_PATH = "coral.serving.apps:build_embedded_app"
@@ -172,9 +172,7 @@ def _is_number(value: Any) -> bool:
 
 
 def _unknown(key: str, known: list[str]) -> str:
-    close = difflib.get_close_matches(key, known, n=1)
-    hint = f" (did you mean {close[0]!r}?)" if close else ""
-    return f"unknown field{hint}; known fields: {', '.join(known)}"
+    return f"unknown field{did_you_mean(key, known)}; known fields: {', '.join(known)}"
 
 
 # --------------------------------------------------------------------------------------------- parsing specs

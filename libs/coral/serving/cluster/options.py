@@ -9,12 +9,11 @@ which names an unknown key and the closest known one before anything starts.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from coral.errors import ConfigError
+from coral.errors import ConfigError, did_you_mean
 
 SlurmOptions = TypeVar("SlurmOptions", bound="SlurmJobOptions")
 
@@ -26,9 +25,7 @@ HEAD_DROPS = ("gpus_per_task", "gres", "cpus_per_gpu", "mem_per_gpu")
 
 
 def _unknown(option: str, key: str, known: list[str]) -> ConfigError:
-    close = difflib.get_close_matches(key, known, n=1)
-    hint = f" (did you mean {close[0]!r}?)" if close else ""
-    return ConfigError(option, f"unknown option{hint}; known: {', '.join(known)}")
+    return ConfigError(option, f"unknown option{did_you_mean(key, known)}; known: {', '.join(known)}")
 
 
 def _check(ok: bool, option: str, wanted: str, value: Any) -> None:
