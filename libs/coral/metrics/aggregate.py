@@ -7,13 +7,12 @@ rebuilt at any time with ``python -m coral.metrics <results dir>``.
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
 from collections.abc import Iterable, Mapping
 from math import fsum
 from pathlib import Path
 
+from coral.atomic import write_atomic
 from coral.metrics.conversation import conversation_metrics
 from coral.records import ConversationRecord
 from coral.store import read_records, store_files
@@ -161,16 +160,4 @@ def write_metrics(root: str | Path, compat: bool = False) -> dict[str, float]:
 
 
 def _write_json_atomic(path: Path, data: Mapping[str, float]) -> None:
-    handle = tempfile.NamedTemporaryFile(
-        "w", encoding="utf-8", dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False
-    )
-    try:
-        with handle:
-            json.dump(data, handle, indent=2, sort_keys=True)
-            handle.write("\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(handle.name, path)
-    except BaseException:
-        Path(handle.name).unlink(missing_ok=True)
-        raise
+    write_atomic(path, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode("utf-8"))

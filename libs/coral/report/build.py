@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from coral.atomic import write_atomic
 from coral.report.model import load_runs
 from coral.report.page import render_page
 from coral.report.plots import report_figures
@@ -41,20 +41,9 @@ def write_report(folders: Sequence[str | Path], out: str | Path | None = None) -
     html = Path(out) if out is not None else Path(folders[0]) / REPORT_FILE
     figures = report_figures(runs)
     paths = {}
+    (html.parent / FIGURES_DIR).mkdir(parents=True, exist_ok=True)
     for name, data in figures.items():
         paths[name] = html.parent / FIGURES_DIR / f"{name}.png"
-        _write_atomic(paths[name], data)
-    _write_atomic(html, render_page(runs, figures).encode("utf-8"))
+        write_atomic(paths[name], data)
+    write_atomic(html, render_page(runs, figures).encode("utf-8"))
     return Report(html, paths)
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write beside the file and rename it over, so a reader (or a browser) never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        temporary.write_bytes(data)
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise

@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from coral.atomic import write_atomic
+
 HEAD_FILE, JOBS_FILE, DEPLOYMENT_FILE = "head.json", "jobs.json", "deployment.yaml"
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
@@ -205,7 +207,5 @@ class ClusterState:
 
 def write_json(path: Path, data: Any) -> None:
     """Write atomically, so a reader (the CLI polling for head.json) never sees half a file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    tmp.replace(path)
+    write_atomic(path, (json.dumps(data, indent=2) + "\n").encode("utf-8"))
 
