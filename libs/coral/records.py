@@ -11,16 +11,28 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-SCHEMA_VERSION = 2
-READABLE_VERSIONS = (1, 2)
-"""Versions ``from_dict`` reads. v2 added ``Turn.judge_reply``; a v1 record reads with it None (not recorded)."""
+SCHEMA_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
+"""Versions ``from_dict`` reads. v2 added ``Turn.judge_reply`` and ``Turn.failures``; v3 added the multi-agent
+fields (``Turn.role``, ``round``, ``parent``, ``carries_answer``; ``ConversationRecord.outcome`` and
+``protocol_args``). An older record reads with their defaults, which describe a Coral conversation."""
 
 BeliefMethod = Literal["rule", "judge", "none"]
 """How a turn's belief was found: the task's rules, the LLM judge (whatever it answered), or neither (rules-only
 extraction that found nothing)."""
 
-StopReason = Literal["agreement", "max_turns", "error"]
-"""Why a conversation ended: the agents agreed, it used all its turns, or a request still failed after retries."""
+StopReason = Literal["agreement", "max_turns", "completed", "error"]
+"""Why a conversation ended: the agents agreed (Coral), it used all its turns (Coral), the protocol played every
+round or pass it had (debate, generate-verify-refine), or a request still failed after retries."""
+
+TieRule = Literal["expected", "first_agent", "random"]
+"""How a majority vote with several answers tied for the most votes is decided (``coral.conversation.voting``):
+score the expected correctness of a uniform pick, 1/|tied| when the gold is among them (MAPoRL); take the tied
+answer the earliest voter gave (Du et al.); or pick one with a seeded generator."""
+
+Decision = Literal["majority", "tie", "no_valid_answer"]
+"""How an outcome was decided: one answer had the most votes, several tied (``Outcome.tie_rule`` decided), or
+no vote held a valid answer."""
 
 
 @dataclass
@@ -48,7 +60,7 @@ class Turn:
     index: int
     """Position in the conversation; 0 is the opening message."""
     speaker: str
-    """The agent's name (``student``, ``teacher``)."""
+    """The agent's name (``student``, ``teacher``, ``agent_1``, ``generator``)."""
     text: str
     """The message as the partner sees it."""
     generated: bool = True
@@ -94,6 +106,18 @@ class Turn:
     """The server replica that generated the turn (served backends; None for the embedded engine)."""
     siblings: list[Turn] = field(default_factory=list)
     """Tree mode: the other candidates generated from the same prefix (see the class docstring)."""
+    role: str | None = None
+    """The part the turn plays in its protocol (``question``, ``debater``, ``generator``, ``verifier``,
+    ``refiner``); None in a Coral conversation, where the speaker name says it."""
+    round: int | None = None
+    """The debate round (0 = the independent answers) or the generate-verify-refine pass the turn belongs to;
+    None in a Coral conversation."""
+    parent: int | None = None
+    """The index of the turn this one answers (a verifier's generator turn, a refiner's verifier turn), for
+    protocols whose turns form a tree; None otherwise."""
+    carries_answer: bool = True
+    """False for a turn that is not an answer (a verifier's critique): no belief is extracted, no judge is
+    asked, and the turn counts in no accuracy."""
 
     @property
     def valid(self) -> bool:
@@ -107,6 +131,42 @@ class Turn:
         data["usage"] = Usage(**data.get("usage", {}))
         data["extraction_usage"] = Usage(**data.get("extraction_usage", {}))
         data["siblings"] = [cls.from_dict(s) for s in data.get("siblings", [])]
+        return cls(**data)
+
+
+@dataclass
+class Outcome:
+    """What a protocol decided at its end (or after one debate round): a majority vote over answering turns.
+
+    Votes are counted per answer under the task's equivalence (``0.5`` and ``\\frac12`` are one answer, shown
+    as the first spelling seen). A turn with no valid answer never wins against a valid one: it is counted in
+    ``invalid`` only.
+    """
+
+    answer: str | None
+    """The decided answer, or None when no vote held a valid one."""
+    correct: float
+    """1.0 or 0.0; under the ``expected`` tie rule a tie scores 1/|tied| when the gold answer is among them."""
+    decided_by: Decision
+    """Whether one answer had the most votes, several tied, or no vote was valid."""
+    votes: dict[str, int] = field(default_factory=dict)
+    """Answer -> number of turns that gave it (valid answers only), in the order first given."""
+    invalid: int = 0
+    """Voting turns with no valid answer (unparseable, "not sure yet" or errored)."""
+    tied: list[str] = field(default_factory=list)
+    """The answers tied for the most votes (empty unless ``decided_by`` is ``tie``)."""
+    tie_rule: TieRule = "expected"
+    """The rule that decides a tie (recorded whether or not one happened)."""
+    voters: list[int] = field(default_factory=list)
+    """Indices of the turns whose answers were counted."""
+    rounds: list[Outcome] = field(default_factory=list)
+    """Debate: the vote after each round, the first round's first (the last is this outcome itself)."""
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Outcome:
+        """An outcome from its JSON form, with the per-round outcomes nested in it."""
+        data = dict(data)
+        data["rounds"] = [cls.from_dict(r) for r in data.get("rounds", [])]
         return cls(**data)
 
 
@@ -125,7 +185,7 @@ class ConversationRecord:
     config_hash: str
     """Hash of the configuration that shapes records; a results folder refuses records of another hash."""
     protocol: str
-    """The protocol's registered name (``coral``)."""
+    """The protocol's registered name (``coral``, ``debate``, ``generate_verify_refine``)."""
     agents: dict[str, str]
     """Speaker name -> model."""
     turns: list[Turn]
@@ -142,6 +202,11 @@ class ConversationRecord:
     """Extras that are not part of every record: the task's example groups, ``error_retry`` on a redone record."""
     metrics: dict[str, float | None] = field(default_factory=dict)
     """Per-conversation metrics, computed from the turns when the conversation ends."""
+    outcome: Outcome | None = None
+    """The protocol's decision (a vote's answer and how it was decided); None for a Coral conversation, whose
+    outcome is its turns' agreement."""
+    protocol_args: dict[str, Any] = field(default_factory=dict)
+    """The protocol's own arguments (Coral's asker, a debate's rounds and tie rule, ...), as configured."""
     schema_version: int = SCHEMA_VERSION
     """The schema the record was written with (see ``READABLE_VERSIONS``)."""
 
@@ -162,4 +227,6 @@ class ConversationRecord:
         if version not in READABLE_VERSIONS:
             raise ValueError(f"record schema_version {version} is not supported (readable: {READABLE_VERSIONS})")
         data["turns"] = [Turn.from_dict(t) for t in data["turns"]]
+        if data.get("outcome") is not None:
+            data["outcome"] = Outcome.from_dict(data["outcome"])
         return cls(**data)

@@ -17,7 +17,7 @@ import pytest
 
 from coral import records
 from coral.beliefs.extractor import Extraction
-from coral.records import BeliefMethod, ConversationRecord, StopReason, Turn, Usage
+from coral.records import BeliefMethod, ConversationRecord, Decision, Outcome, StopReason, TieRule, Turn, Usage
 
 LIB = Path(records.__file__).resolve().parent
 
@@ -34,7 +34,7 @@ def documented_fields(cls: type) -> dict[str, str | None]:
     return found
 
 
-@pytest.mark.parametrize("cls", [Usage, Turn, ConversationRecord])
+@pytest.mark.parametrize("cls", [Usage, Turn, Outcome, ConversationRecord])
 def test_every_record_field_has_an_attribute_docstring_and_no_trailing_comment(cls):
     documented = documented_fields(cls)
     assert list(documented) == [f.name for f in dataclasses.fields(cls)]
@@ -44,7 +44,9 @@ def test_every_record_field_has_an_attribute_docstring_and_no_trailing_comment(c
 
 
 def test_closed_sets_are_literal_types_on_the_record():
-    assert get_args(StopReason) == ("agreement", "max_turns", "error")
+    assert get_args(StopReason) == ("agreement", "max_turns", "completed", "error")
+    assert get_args(TieRule) == ("expected", "first_agent", "random")
+    assert get_args(Decision) == ("majority", "tie", "no_valid_answer")
     assert get_args(BeliefMethod) == ("rule", "judge", "none")
     hints = {f.name: f.type for f in dataclasses.fields(Turn) + dataclasses.fields(ConversationRecord)}
     assert (hints["belief_method"], hints["stop_reason"]) == ("BeliefMethod | None", "StopReason")
@@ -62,7 +64,8 @@ def test_the_values_produced_are_the_literals_values():
                 found.add(node.value.value)
         return found
 
-    assert assigned_to_stop_reason(LIB / "conversation" / "protocols.py") == set(get_args(StopReason))
+    protocols = sorted((LIB / "conversation" / "protocols").glob("*.py"))
+    assert set().union(*map(assigned_to_stop_reason, protocols)) == set(get_args(StopReason))
     methods = set()
     for node in ast.walk(ast.parse((LIB / "beliefs" / "extractor.py").read_text(encoding="utf-8"))):
         if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "Extraction" and len(node.args) > 1:

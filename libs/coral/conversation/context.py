@@ -11,6 +11,7 @@ import asyncio
 import random
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import TYPE_CHECKING
 
 from coral.backends.base import ChatRequest, Completion, Message
 from coral.backends.retry import Tries, call_with_retries, describe
@@ -18,9 +19,12 @@ from coral.beliefs import BeliefExtractor
 from coral.conversation.agent import Agent
 from coral.conversation.settings import RunSettings
 from coral.conversation.tree import continue_with, strategy
-from coral.records import ConversationRecord, StopReason, Turn, Usage
+from coral.records import ConversationRecord, Outcome, StopReason, Turn, Usage
 from coral.seeding import SeedPrefix
 from coral.tasks.base import Example, Task
+
+if TYPE_CHECKING:
+    from coral.conversation.protocols.base import Protocol
 
 
 @dataclass
@@ -62,10 +66,7 @@ class ConversationContext:
         if self.settings.beam_size == 1:
             return await self.annotate(await self.generate(speaker, messages, index))
         candidates = await self._candidates(speaker, messages, index)
-        await asyncio.gather(*(self._extract_and_grade(c) for c in candidates))
-        for candidate in candidates:  # classes numbered in candidate order, not completion order
-            if candidate.belief is not None:
-                candidate.belief_class = await self._belief_class(candidate.belief)
+        await self.annotate_all(candidates)
         return continue_with(candidates, strategy(self.settings.expansion), random.Random(self.seed("pick", index)))
 
     async def generate(self, speaker: str, messages: list[Message], index: int, branch: int = 0) -> Turn:
@@ -101,13 +102,21 @@ class ConversationContext:
 
     async def annotate(self, turn: Turn) -> Turn:
         """Extract the turn's belief, grade it and give it a belief class (in place; returns the turn)."""
-        await self._extract_and_grade(turn)
-        if turn.belief is not None:
-            turn.belief_class = await self._belief_class(turn.belief)
+        await self.annotate_all([turn])
         return turn
 
+    async def annotate_all(self, turns: list[Turn]) -> None:
+        """``annotate`` turns generated together: extracted and graded at once, classes numbered in list order.
+
+        The order is the list's, not the order the judge calls finish in, so reruns number classes the same.
+        """
+        await asyncio.gather(*(self._extract_and_grade(turn) for turn in turns))
+        for turn in turns:
+            if turn.belief is not None:
+                turn.belief_class = await self._belief_class(turn.belief)
+
     async def _extract_and_grade(self, turn: Turn) -> None:
-        if turn.error is not None:
+        if turn.error is not None or not turn.carries_answer:  # a critique is not an answer: no judge, no grade
             return
         found = self.extractor.by_rules(self.task, self.example, turn.text)
         if found is None:  # the judge's seed is derived only when the judge is asked
@@ -134,7 +143,9 @@ class ConversationContext:
             return False
         return await self.task.agree(a.belief, b.belief, self.example)
 
-    def record(self, protocol: str, turns: list[Turn], stop_reason: StopReason) -> ConversationRecord:
+    def record(
+        self, protocol: Protocol, turns: list[Turn], stop_reason: StopReason, outcome: Outcome | None = None
+    ) -> ConversationRecord:
         """The conversation's record: this context's example, agents and settings with the protocol's turns."""
         return ConversationRecord(
             example_id=self.example.id,
@@ -142,14 +153,16 @@ class ConversationContext:
             task=self.task.name,
             run_seed=self.settings.run_seed,
             config_hash=self.settings.config_hash,
-            protocol=protocol,
+            protocol=protocol.name,
             agents={name: agent.model for name, agent in self.agents.items()},
             system_prompts={name: agent.system_prompt for name, agent in self.agents.items()},
             turns=turns,
             stop_reason=stop_reason,
-            max_turns=self.settings.max_turns,
+            max_turns=protocol.max_turns or self.settings.max_turns,
             gold=self.example.answer,
             metadata={"groups": groups} if (groups := self.task.groups(self.example)) else {},
+            outcome=outcome,
+            protocol_args=protocol.arguments(),
         )
 
 

@@ -120,7 +120,7 @@ class ConversationRunner:
             record = await self.protocol.run(ctx)
         except Exception as exc:  # one broken conversation never kills the run
             log.error("conversation %s failed:\n%s", ctx.session_id, traceback.format_exc())
-            record = ctx.record(self.protocol.name, [], "error")
+            record = ctx.record(self.protocol, [], "error")
             record.metadata["exception"] = f"{type(exc).__name__}: {exc}"
         finally:
             for backend in {id(a.backend): a.backend for a in self.agents.values()}.values():

@@ -1,43 +1,14 @@
-"""Protocols: who speaks next, what each agent sees, and when the conversation stops.
-
-A protocol is a small class with one coroutine, ``run(ctx) -> ConversationRecord``; the context does the
-generation, extraction, grading and record keeping. Register a new one with ``@PROTOCOLS.register(name)``.
-"""
+"""Coral's two-agent conversation: one agent asks, the other answers, they alternate until they agree."""
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
-from typing import ClassVar
+from typing import TYPE_CHECKING
 
-from coral.backends.base import Message
-from coral.conversation.context import ConversationContext
+from coral.conversation.protocols.base import PROTOCOLS, Protocol, agent_view, latest_turn_of
 from coral.records import ConversationRecord, StopReason, Turn
-from coral.registry import Registry
 
-PROTOCOLS: Registry[Protocol] = Registry("protocol")
-
-
-class Protocol(ABC):
-    """Who speaks, what each agent sees and when a conversation ends; registered by name in ``PROTOCOLS``."""
-
-    name: ClassVar[str]
-
-    @abstractmethod
-    async def run(self, ctx: ConversationContext) -> ConversationRecord:
-        """Run one conversation to its end and return its record (metrics are added by the runner)."""
-
-
-def agent_view(system_prompt: str, speaker: str, turns: list[Turn]) -> list[Message]:
-    """The conversation as ``speaker`` sees it: its own turns as assistant, everyone else's as user."""
-    messages: list[Message] = [{"role": "system", "content": system_prompt}]
-    for turn in turns:
-        messages.append({"role": "assistant" if turn.speaker == speaker else "user", "content": turn.text})
-    return messages
-
-
-def latest_turn_of(turns: list[Turn], speaker: str) -> Turn | None:
-    """The speaker's latest generated turn, if any."""
-    return next((t for t in reversed(turns) if t.speaker == speaker and t.generated), None)
+if TYPE_CHECKING:
+    from coral.conversation.context import ConversationContext
 
 
 @PROTOCOLS.register("coral")
@@ -60,6 +31,10 @@ class CoralProtocol(Protocol):
     def __init__(self, asker: str = "student", posed: bool = False) -> None:
         self.asker = asker
         self.posed = posed
+
+    def speakers(self) -> list[str]:
+        """The reference's two agents: the teacher answers first unless it is the asker."""
+        return ["teacher", "student"]
 
     async def run(self, ctx: ConversationContext) -> ConversationRecord:
         """Alternate the two agents from the opening until they agree, a turn fails or ``max_turns`` is reached."""
@@ -85,4 +60,4 @@ class CoralProtocol(Protocol):
                 turn.agreement = True
                 stop_reason = "agreement"
                 break
-        return ctx.record(self.name, turns, stop_reason)
+        return ctx.record(self, turns, stop_reason)
