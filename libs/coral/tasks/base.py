@@ -168,7 +168,11 @@ class Task(ABC):
 
     def instruction(self, style: str) -> str:
         """The agents' system prompt in the given instruction style."""
-        return instructions.render(style, topic=self.topic, answer_format=self.answer_format)
+        return instructions.render(style, topic=self.topic, answer_format=self.answer_instruction())
+
+    def answer_instruction(self) -> str:
+        """How an answer must be written for the parser to find it; protocols that word their own prompts use it."""
+        return self.answer_format
 
     @abstractmethod
     def extraction_prompt(self, example: Example, text: str) -> list[dict[str, str]]:

@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 from coral.errors import DataError
-from coral.tasks import instructions
 from coral.tasks.base import NOT_SURE, TASKS, Example, parse_json, require
 from coral.tasks.judge_prompt import judge_messages
 from coral.tasks.multiple_choice import ANSWER_FORMAT as LETTER_ANSWER_FORMAT
@@ -139,9 +138,8 @@ class HiToMTask(ShortAnswerTask):
             message += f"\nAnd the choices are:\n{format_options(example.choices)}"
         return message
 
-    def instruction(self, style: str) -> str:
-        answer_format = LETTER_ANSWER_FORMAT if self.multiple_choice else self.answer_format
-        return instructions.render(style, topic=self.topic, answer_format=answer_format)
+    def answer_instruction(self) -> str:
+        return LETTER_ANSWER_FORMAT if self.multiple_choice else self.answer_format
 
     def extraction_prompt(self, example: Example, text: str) -> list[dict[str, str]]:
         if not self.multiple_choice:
