@@ -29,15 +29,25 @@ from lightning.pytorch import LightningModule
 from coral.backends import ChatBackend, EmbeddedBackend, EngineConfig
 from coral.backends.models import DEFAULT_MODEL
 from coral.beliefs import BeliefExtractor
-from coral.conversation import PROTOCOLS, Agent, AgentSpec, ConversationRunner, Protocol, RetryPolicy, RunSettings
+from coral.conversation import (
+    PROTOCOLS,
+    Agent,
+    AgentConfig,
+    AgentSpec,
+    ConversationRunner,
+    CoralProtocol,
+    Protocol,
+    RetryPolicy,
+    RunSettings,
+)
 from coral.conversation.progress import Progress, ProgressReporter
 from coral.conversation.tree import strategy
-from coral.errors import ConfigError
+from coral.errors import ConfigError, did_you_mean
 from coral.metrics import summary_table, write_metrics
 from coral.report import write_report
 from coral.sampling import SamplingParams
 from coral.store import ResultStore, read_records
-from coral.tasks import Example, stable_id
+from coral.tasks import Example, Task, stable_id
 from lightning_modules.loggers import log_figures
 
 log = logging.getLogger(__name__)
@@ -63,7 +73,7 @@ class ExtractorConfig:
 
 
 class InteractionModule(LightningModule):
-    """Two agents discuss each example; their beliefs are extracted and graded each turn.
+    """Agents discuss each example under a protocol; their answers are extracted and graded turn by turn.
 
     Args:
         teacher_model: model of the agent that answers first (a packaged model name or a checkpoint dir).
@@ -71,11 +81,18 @@ class InteractionModule(LightningModule):
         teacher_app_name: a served application for the teacher: a ``coral-serve`` application name, an
             OpenAI-compatible URL or a ``grpc://`` address (None: the embedded engine serves the model).
         student_app_name: likewise for the student.
-        protocol: registered protocol name.
+        protocol: a registered protocol name (``coral``, ``debate``, ``generate_verify_refine``) with its default
+            arguments, or ``class_path`` + ``init_args`` to set them (``--model.protocol.init_args.rounds 2``).
+        agents: agent name -> what it does differently from the defaults (model, app_name, instruction or
+            system_prompt, sampling); the protocol names the agents (Coral: ``teacher`` and ``student``; debate:
+            ``agent_1`` ...; generate-verify-refine: ``generator``, ``verifier``, ``refiner``). An agent with no
+            entry runs ``teacher_model`` (``student_model`` for ``student``) with the protocol's instruction.
         asker: who opens the conversation (turn 0); the other agent answers first. ``student``: the student asks
             for help with the problem ("I'm trying to solve ..."); ``teacher``: the teacher poses the problem for
             the student to solve ("I would like you to try and solve ..."), the reference's teacher-first variant.
-        max_turns: most generated turns per conversation (the CoT baseline uses 1).
+            Coral only.
+        max_turns: most generated turns per conversation (the CoT baseline uses 1). Coral only: the other protocols
+            count their turns from their rounds and passes.
         sampling_temp: the agents' temperature.
         top_p: the agents' nucleus mass.
         sampling_n: independent conversations (trees, when ``beam_size > 1``) per example.
@@ -104,7 +121,8 @@ class InteractionModule(LightningModule):
         student_model: str = DEFAULT_MODEL,
         teacher_app_name: str | None = None,
         student_app_name: str | None = None,
-        protocol: str = "coral",
+        protocol: str | Protocol = "coral",
+        agents: dict[str, AgentConfig] | None = None,
         asker: Literal["student", "teacher"] = "student",
         max_turns: int = 20,
         sampling_temp: float = 0.2,
@@ -136,7 +154,10 @@ class InteractionModule(LightningModule):
         self.retry = retry
         self._served: dict[str, tuple[ChatBackend, str]] = {}  # app name -> one pooled client per application
         self.unfinished = 0  # conversations of this rank left unrun because of SIGTERM
-        PROTOCOLS.get(protocol)  # an unknown protocol fails at parse time, not after loading models
+        self.protocol = self._build_protocol(protocol)  # an unknown protocol or agent fails at parse time
+        self.agent_configs()
+        if beam_size > 1 and not isinstance(self.protocol, CoralProtocol):
+            raise ConfigError("model.beam_size", f"tree sampling is for the coral protocol, not {self.protocol.name}")
 
     # ------------------------------------------------------------------ building blocks
     def _backend(self, model: str, endpoint: str | None) -> tuple[ChatBackend, str]:
@@ -155,25 +176,52 @@ class InteractionModule(LightningModule):
             self._served[endpoint] = (backend, backend.model or model)  # the app's served name, if it has one
         return self._served[endpoint]
 
-    def agent_specs(self) -> dict[str, AgentSpec]:
-        """The reference's ``teacher_*`` / ``student_*`` options as the library's agents: name -> model, endpoint."""
-        hp = self.hparams
-        return {"teacher": AgentSpec(hp.teacher_model, hp.teacher_app_name),
-                "student": AgentSpec(hp.student_model, hp.student_app_name)}
+    def _build_protocol(self, protocol: str | Protocol) -> Protocol:
+        """The configured protocol; Coral by name is opened by ``asker`` (the reference's teacher poses the
+        problem, its student asks for help)."""
+        if isinstance(protocol, Protocol):
+            return protocol
+        cls = PROTOCOLS.get(protocol)
+        if cls is CoralProtocol:
+            return CoralProtocol(asker=self.hparams.asker, posed=self.hparams.asker == "teacher")
+        return cls()
 
-    def _agents(self, instructions: dict[str, str]) -> dict[str, Agent]:
+    def agent_configs(self) -> dict[str, AgentConfig]:
+        """Every agent the protocol runs, with its ``model.agents`` entry (an empty one when it has none)."""
+        configured = dict(self.hparams.agents or {})
+        speakers = self.protocol.speakers()
+        for name in configured:
+            if name not in speakers:
+                raise ConfigError(f"model.agents.{name}", f"the {self.protocol.name} protocol runs no agent named "
+                                  f"{name!r}{did_you_mean(name, speakers)}; its agents: {', '.join(speakers)}")
+        return {name: configured.get(name, AgentConfig()) for name in speakers}
+
+    def agent_specs(self) -> dict[str, AgentSpec]:
+        """Every agent's model and endpoint: its own, else the reference's ``student_*`` options for the agent
+        named ``student`` and ``teacher_*`` for every other."""
+        hp = self.hparams
+        specs = {}
+        for name, config in self.agent_configs().items():
+            model, endpoint = ((hp.student_model, hp.student_app_name) if name == "student"
+                               else (hp.teacher_model, hp.teacher_app_name))
+            specs[name] = AgentSpec(config.model or model, config.app_name or endpoint)
+        return specs
+
+    def _agents(self, task: Task, instructions: dict[str, str]) -> dict[str, Agent]:
+        """The agents, each with its system prompt: its own, else the protocol's for its role, else the data's
+        instruction style for it (``teacher_instruction`` for every agent but ``student``)."""
         hp = self.hparams
         sampling = SamplingParams(hp.sampling_temp, hp.top_p, hp.max_turn_tokens or 1024)
+        specs = self.agent_specs()
         agents = {}
-        for name, spec in self.agent_specs().items():
-            backend, served = self._backend(spec.model, spec.endpoint)
-            agents[name] = Agent(name, backend, served, instructions[name], sampling)
+        for name, config in self.agent_configs().items():
+            backend, served = self._backend(specs[name].model, specs[name].endpoint)
+            prompt = config.system_prompt
+            if prompt is None:
+                prompt = task.instruction(config.instruction) if config.instruction else (
+                    self.protocol.instruction(name, task) or instructions.get(name, instructions["teacher"]))
+            agents[name] = Agent(name, backend, served, prompt, config.sampling(sampling))
         return agents
-
-    def _protocol(self) -> Protocol:
-        """The protocol, opened by ``asker``: the reference's teacher poses the problem, its student asks for help."""
-        asker = self.hparams.asker
-        return PROTOCOLS.get(self.hparams.protocol)(asker=asker, posed=asker == "teacher")
 
     def _extractor(self) -> BeliefExtractor:
         cfg = self.extractor_config
@@ -216,6 +264,12 @@ class InteractionModule(LightningModule):
             if hp.get(key) == default:
                 hp.pop(key)
         hp["extractor"] = asdict(self.extractor_config)
+        if isinstance(hp["protocol"], Protocol):
+            cls = type(hp["protocol"])
+            hp["protocol"] = {"class_path": f"{cls.__module__}.{cls.__qualname__}",
+                              "init_args": hp["protocol"].arguments()}
+        if hp.get("agents"):
+            hp["agents"] = {name: asdict(config) for name, config in sorted(hp["agents"].items())}
         data = self.trainer.datamodule
         shaped = {"model": hp, "task": data.task_name, "task_args": data.task_args, "val_set": asdict(data.val_set)}
         return stable_id(json.loads(json.dumps(shaped, default=str)), self.run_seed)
@@ -230,9 +284,9 @@ class InteractionModule(LightningModule):
         config_hash = self.config_hash()
         _refuse_foreign_records(self.results_dir, config_hash)
         runner = ConversationRunner(
-            protocol=self._protocol(),
+            protocol=self.protocol,
             task=data.task,
-            agents=self._agents(data.instructions()),
+            agents=self._agents(data.task, data.instructions()),
             extractor=self._extractor(),
             store=store,
             settings=self.run_settings(config_hash),
@@ -268,7 +322,8 @@ class InteractionModule(LightningModule):
         self.trainer.strategy.barrier()
         if self.global_rank == 0:
             metrics = write_metrics(self.results_dir, compat=self.hparams.compat_metrics)
-            table = summary_table(metrics, conversation=self.hparams.max_turns > 1)
+            one_answer = isinstance(self.protocol, CoralProtocol) and self.hparams.max_turns == 1
+            table = summary_table(metrics, conversation=not one_answer)
             print(f"\ncoral results in {self.results_dir}\n{table}\n", flush=True)
             self._write_report()
         if self.trainer.received_sigterm:
@@ -297,7 +352,7 @@ class InteractionModule(LightningModule):
         self.trainer.datamodule.task.close()
 
 
-_ADDED_LATER = {"asker": "student"}
+_ADDED_LATER = {"asker": "student", "agents": None}
 """Options added after results folders existed: hashed only when set away from their default, so a folder
 written before an option existed keeps its config hash and can be resumed."""
 

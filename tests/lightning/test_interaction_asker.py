@@ -30,10 +30,10 @@ def config_hash(cli, drop: str | None = None) -> str:
 def test_asker_is_a_typed_option_and_teacher_poses_the_problem(monkeypatch):
     monkeypatch.chdir(ROOT)
     default = build()
-    protocol = default.model._protocol()
+    protocol = default.model.protocol
     assert (default.model.hparams.asker, protocol.asker, protocol.posed) == ("student", "student", False)
     teacher = build("--model.asker", "teacher")
-    protocol = teacher.model._protocol()
+    protocol = teacher.model.protocol
     assert (protocol.asker, protocol.posed) == ("teacher", True)
     # a default run's records keep their config hash (a folder written before the option existed resumes);
     # a teacher-first run is another configuration

@@ -1,7 +1,7 @@
 """Conversations: agents, protocols and the runner that executes many of them concurrently."""
 
 from coral.backends.retry import RetryPolicy
-from coral.conversation.agent import Agent, AgentSpec
+from coral.conversation.agent import Agent, AgentConfig, AgentSpec
 from coral.conversation.context import ConversationContext
 from coral.conversation.protocols import PROTOCOLS, CoralProtocol, Protocol, agent_view
 from coral.conversation.runner import ConversationRunner
@@ -10,6 +10,7 @@ from coral.conversation.settings import RunSettings
 __all__ = [
     "PROTOCOLS",
     "Agent",
+    "AgentConfig",
     "AgentSpec",
     "ConversationContext",
     "ConversationRunner",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from coral.backends.base import ChatBackend
 from coral.sampling import SamplingParams
@@ -40,3 +40,39 @@ class AgentSpec:
 
     model: str
     endpoint: str | None = None
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    """One entry of a run's agents mapping (``model.agents``): what this agent does differently from the defaults.
+
+    Every field left None takes the run's default: the model and endpoint of ``teacher_model`` /
+    ``teacher_app_name`` (``student_*`` for the agent named ``student``), the protocol's instruction for the
+    agent's role or else the data's instruction style, and the run's sampling.
+
+    Args:
+        model: a packaged model name, a checkpoint directory, or the model name to ask the endpoint for.
+        app_name: where the model is served (see ``AgentSpec.endpoint``); None: the run's default.
+        instruction: an instruction style of the task (``simple_cot``, ``assistant_sbs_short``, ...).
+        system_prompt: a literal system prompt; wins over ``instruction``.
+        temperature: sampling temperature.
+        top_p: nucleus mass.
+        max_tokens: most tokens per generated turn.
+    """
+
+    model: str | None = None
+    app_name: str | None = None
+    instruction: str | None = None
+    system_prompt: str | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    max_tokens: int | None = None
+
+    def sampling(self, default: SamplingParams) -> SamplingParams:
+        """``default`` with this agent's overrides."""
+        return replace(
+            default,
+            temperature=default.temperature if self.temperature is None else self.temperature,
+            top_p=default.top_p if self.top_p is None else self.top_p,
+            max_tokens=default.max_tokens if self.max_tokens is None else self.max_tokens,
+        )

@@ -32,30 +32,32 @@ def majority_vote(turns: Sequence[Turn], tie_rule: TieRule = "expected", rng: ra
     groups: dict[object, list[Turn]] = {}  # answer class -> its turns, in order of first appearance
     for turn in turns:
         if turn.belief is not None:
-            key = turn.belief_class if turn.belief_class is not None else turn.belief
-            groups.setdefault(key, []).append(turn)
-    voters = [turn.index for turn in turns]
-    invalid = sum(turn.belief is None for turn in turns)
-    votes = {group[0].belief or "": len(group) for group in groups.values()}
-    base = {"votes": votes, "invalid": invalid, "tie_rule": tie_rule, "voters": voters}
-    if not groups:
-        return Outcome(answer=None, correct=0.0, decided_by="no_valid_answer", **base)
-    most = max(len(group) for group in groups.values())
-    top = [group for group in groups.values() if len(group) == most]
-    if len(top) == 1:
-        return Outcome(answer=top[0][0].belief, correct=_score(top[0]), decided_by="majority", **base)
-    tied = [group[0].belief or "" for group in top]
+            groups.setdefault(turn.belief if turn.belief_class is None else turn.belief_class, []).append(turn)
+    outcome = Outcome(
+        answer=None, correct=0.0, decided_by="no_valid_answer",
+        votes={group[0].belief or "": len(group) for group in groups.values()},
+        invalid=sum(turn.belief is None for turn in turns), tie_rule=tie_rule, voters=[turn.index for turn in turns],
+    )
+    if groups:
+        most = max(len(group) for group in groups.values())
+        top = [group for group in groups.values() if len(group) == most]
+        chosen, outcome.correct = _decide(top, tie_rule, rng)
+        outcome.answer = chosen[0].belief
+        outcome.decided_by = "majority" if len(top) == 1 else "tie"
+        outcome.tied = [group[0].belief or "" for group in top] if len(top) > 1 else []
+    return outcome
+
+
+def _decide(top: list[list[Turn]], tie_rule: TieRule, rng: random.Random | None) -> tuple[list[Turn], float]:
+    """The winning answer's turns among those with the most votes (groups in first-voter order), and its score."""
+    if len(top) == 1 or tie_rule == "first_agent":
+        return top[0], _score(top[0])
     if tie_rule == "expected":
-        chosen, correct = top[0], sum(map(_score, top)) / len(top)
-    elif tie_rule == "first_agent":
-        chosen = top[0]  # groups keep the order of their first voter
-        correct = _score(chosen)
-    else:
-        if rng is None:
-            raise ValueError("the random tie rule needs a seeded generator")
-        chosen = rng.choice(top)
-        correct = _score(chosen)
-    return Outcome(answer=chosen[0].belief, correct=correct, decided_by="tie", tied=tied, **base)
+        return top[0], sum(map(_score, top)) / len(top)
+    if rng is None:
+        raise ValueError("the random tie rule needs a seeded generator")
+    chosen = rng.choice(top)
+    return chosen, _score(chosen)
 
 
 def _score(group: list[Turn]) -> float:

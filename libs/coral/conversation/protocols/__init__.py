@@ -10,9 +10,10 @@ from __future__ import annotations
 import importlib
 import pkgutil
 
-for _module in pkgutil.iter_modules(__path__):
-    importlib.import_module(f"{__name__}.{_module.name}")  # registration
 from coral.conversation.protocols.base import PROTOCOLS, Protocol, agent_view, latest_turn_of
 from coral.conversation.protocols.coral import CoralProtocol
+
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_module.name}")  # registration
 
 __all__ = ["PROTOCOLS", "CoralProtocol", "Protocol", "agent_view", "latest_turn_of"]
