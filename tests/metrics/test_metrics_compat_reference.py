@@ -148,13 +148,22 @@ def test_records_without_judge_replies_read_unreadable_replies_as_not_sure_yet()
     assert conversation_metrics(record, compat=True)["assert_rate"] == pytest.approx(2 / 3)
 
 
-def test_a_version_1_record_still_loads():
+def test_version_1_and_2_records_still_load_with_the_coral_defaults_of_newer_fields():
     record = coral_record(judged(1, "teacher", "option one"))
     data = record.to_dict()
-    assert data["schema_version"] == 2 and data["turns"][1]["judge_reply"] == "option one"
+    assert data["schema_version"] == 3 and data["turns"][1]["judge_reply"] == "option one"
+    for new in ("outcome", "protocol_args"):
+        del data[new]
+    for turn in data["turns"]:
+        for new in ("role", "round", "parent", "carries_answer"):
+            del turn[new]
+    version_2 = ConversationRecord.from_dict({**data, "schema_version": 2})
+    assert (version_2.outcome, version_2.protocol_args, version_2.turns[1].role) == (None, {}, None)
+    assert version_2.turns[1].carries_answer is True
     del data["turns"][1]["judge_reply"]
     data["schema_version"] = 1
     loaded = ConversationRecord.from_dict(data)
     assert loaded.turns[1].judge_reply is None and loaded.schema_version == 1
-    with pytest.raises(ValueError, match="schema_version 3"):
-        ConversationRecord.from_dict({**data, "schema_version": 3})
+    assert conversation_metrics(loaded) == conversation_metrics(version_2)
+    with pytest.raises(ValueError, match="schema_version 4"):
+        ConversationRecord.from_dict({**data, "schema_version": 4})

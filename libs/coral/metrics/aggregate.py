@@ -20,6 +20,7 @@ from coral.store import read_records, store_files
 METRICS_FILE = "metrics.json"
 
 HEADLINE = (
+    "mv_accuracy",
     "agreement_correctness",
     "agreement",
     "final_answer_accuracy",
@@ -30,7 +31,8 @@ HEADLINE = (
     "conv_err",
     "total_turns",
 )
-"""Metrics the summary table shows first, in this order (agreement correctness is the paper's headline)."""
+"""Metrics the summary table shows first, in this order (agreement correctness is Coral's headline, the
+majority vote's accuracy that of debate and generate-verify-refine; a run has one or the other)."""
 
 CONVERSATION_ONLY = re.compile(
     r"(agreement|agreement_correctness|n_turns_to_success|persuasion_quality|accuracy_turn_\d+"
@@ -85,12 +87,14 @@ def _means(rows: Iterable[Mapping[str, float | None]]) -> dict[str, float]:
 
 
 def accuracy_by_turn(records: Iterable[ConversationRecord]) -> dict[str, float]:
-    """``accuracy_turn_<k>``: the share of turn-``k`` beliefs that are correct.
+    """``accuracy_turn_<k>``: the share of turn-``k`` beliefs that are correct, over Coral conversations.
 
     Among conversations whose turn ``k`` was generated without error. Shows whether talking longer helps.
     """
     counts: dict[int, list[int]] = {}  # turn index -> [correct, total]
     for record in records:
+        if record.protocol != "coral":  # other protocols report accuracy by round or role instead
+            continue
         for index, turn in enumerate(record.turns):
             if turn.generated and turn.error is None:
                 count = counts.setdefault(index, [0, 0])

@@ -12,6 +12,10 @@ A value of None always means "not defined for this conversation; exclude it from
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+from coral.metrics.debate import debate_metrics
+from coral.metrics.gvr import gvr_metrics
 from coral.metrics.social import social_metrics
 from coral.records import ConversationRecord, Turn
 
@@ -26,9 +30,24 @@ def conversation_metrics(record: ConversationRecord, compat: bool = False) -> Me
         compat: use the reference's definitions instead of the corrected defaults.
     """
     metrics: Metrics = {}
-    for part in (_turn_counts, _lengths, _extraction, _agreement, _correctness, social_metrics):
+    for part in (_turn_counts, _lengths, _extraction):
         metrics.update(part(record, compat))
+    if record.protocol == "coral":
+        for part in (_agreement, _correctness, social_metrics):
+            metrics.update(part(record, compat))
+    elif record.protocol in PROTOCOL_METRICS:
+        metrics.update(PROTOCOL_METRICS[record.protocol](record))
+    elif record.outcome is not None:  # a protocol with no metrics of its own: its vote's score
+        metrics["mv_accuracy"] = record.outcome.correct
     return metrics
+
+
+PROTOCOL_METRICS: dict[str, Callable[[ConversationRecord], Metrics]] = {
+    "debate": debate_metrics,
+    "generate_verify_refine": gvr_metrics,
+}
+"""A protocol's own metrics, beside the turn counts, lengths and extraction rates every record gets (Coral's
+agreement, correctness and social metrics are computed above, with their compat variants)."""
 
 
 def _generated(record: ConversationRecord) -> list[Turn]:
@@ -38,6 +57,11 @@ def _generated(record: ConversationRecord) -> list[Turn]:
 def _answered(record: ConversationRecord) -> list[Turn]:
     """Generated turns whose generation succeeded (an errored turn has no text, so nothing was extracted)."""
     return [turn for turn in _generated(record) if turn.error is None]
+
+
+def _rated(record: ConversationRecord, compat: bool) -> list[Turn]:
+    """The turns whose answer was extracted: answering turns (never a critique) that did not fail (compat: did)."""
+    return [turn for turn in (_generated(record) if compat else _answered(record)) if turn.carries_answer]
 
 
 def _is_correct(turn: Turn | None) -> bool:
@@ -84,7 +108,7 @@ def _extraction(record: ConversationRecord, compat: bool) -> Metrics:
     Compat rates the errored turn too, as the reference did: its judge read the error text and found no answer
     (a rated turn with no valid answer and no extraction error).
     """
-    rated = _generated(record) if compat else _answered(record)
+    rated = _rated(record, compat)
     metrics: Metrics = {"rated_turns": float(len(rated))}
     rates = {
         "extractor_err_rate": [turn.extraction_error is not None for turn in rated],

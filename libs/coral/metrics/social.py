@@ -132,6 +132,16 @@ def classify_turns(
     return assertive, persuasive, quality
 
 
+def require_two_alternating(record: ConversationRecord) -> None:
+    """Refuse a record whose turns are not two agents alternating: persuasion is defined between partners."""
+    speakers = [turn.speaker for turn in record.turns]
+    if len(set(speakers)) > 2 or any(a == b for a, b in zip(speakers, speakers[1:])):
+        raise ValueError(
+            f"social metrics need two agents taking turns; record {record.example_id}#{record.sample_index} "
+            f"({record.protocol}) has turns by {', '.join(dict.fromkeys(speakers))}"
+        )
+
+
 def social_metrics(record: ConversationRecord, compat: bool = False) -> dict[str, float | None]:
     """Persuasion and assertion rates of one conversation, with the correct/incorrect/unsure breakdown.
 
@@ -139,7 +149,12 @@ def social_metrics(record: ConversationRecord, compat: bool = False) -> dict[str
     ``len(turns) - 1``; corrected: the non-errored generated turns). ``{correct,incorrect,unsure}_<kind>_rate``
     is the fraction of those turns whose own score is 1, 0 or 0.5; ``persuasion_quality`` is the mean partner
     score change over persuasive turns.
+
+    Raises:
+        ValueError: the record is not two agents taking turns (a debate or generate-verify-refine record), where
+            "the partner's next belief" means nothing.
     """
+    require_two_alternating(record)
     tokens, scores = belief_sequence(record, compat)
     assertive, persuasive, quality = classify_turns(tokens, scores, compat)
     empty = 0.0 if compat else None
