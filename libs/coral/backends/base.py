@@ -32,6 +32,10 @@ class ChatRequest:
     session_id: str | None = None
     """The conversation this request belongs to, so an engine can keep its state (prefix cache, replica) between
     turns."""
+    logprobs: bool = False
+    """Also return the token ids and each generated token's log-probability (``Completion.token_ids``,
+    ``logprobs``, ``prompt_token_ids``), which PPO needs to score the policy's own samples. Only the embedded
+    engine has them; the HTTP and gRPC backends refuse such a request (InvalidRequestError, param ``logprobs``)."""
 
 
 @dataclass(frozen=True)
@@ -51,6 +55,15 @@ class Completion:
     """Requests sent until this answer came, a network backend's own retries included."""
     failures: tuple[str, ...] = ()
     """Why each earlier request failed, oldest first (``attempts - 1`` reasons)."""
+    prompt_token_ids: tuple[int, ...] | None = None
+    """With ``ChatRequest.logprobs``: the prompt as the model read it (chat template applied), so that prompt +
+    ``token_ids`` is exactly the sequence the model saw."""
+    token_ids: tuple[int, ...] | None = None
+    """With ``ChatRequest.logprobs``: every generated token, a final end-of-sequence token included; ``text`` is
+    their decoding without it, cut before a stop string when one ended the completion."""
+    logprobs: tuple[float, ...] | None = None
+    """With ``ChatRequest.logprobs``: for each of ``token_ids``, ``log_softmax(logits / temperature)`` at that
+    token: the distribution the sampler drew from, before top-p truncation (temperature 0 counts as 1)."""
 
 
 @dataclass(frozen=True)
@@ -98,6 +111,13 @@ def expect_choices(completions: list[Completion], n: int, source: str) -> list[C
     if len(completions) < n:
         raise BackendError(f"{source}: asked for {n} choice(s), the answer holds {len(completions)}", retryable=True)
     return completions[:n]
+
+
+def refuse_logprobs(request: ChatRequest, source: str) -> None:
+    """A served backend refuses ``logprobs`` rather than answer without the token ids a trainer would then lack."""
+    if request.logprobs:
+        message = f"{source}: token ids and log-probabilities (logprobs) come only from the embedded engine"
+        raise InvalidRequestError(message, param="logprobs")
 
 
 class InvalidRequestError(BackendError):

@@ -8,6 +8,17 @@ them up. Each request samples with its own seeded generator and a sequence's num
 in the batch (chunk boundaries depend only on the prompt), so the same (prompt, seed) gives the same completion
 however busy the engine is.
 
+Live weights: ``EmbeddedBackend.for_model`` serves a model object the caller holds (a trainer's policy, LoRA
+adapters included) under a name; a request's ``model`` ``"<name>@<adapter>"`` runs that one peft adapter
+(``"<name>@__base__"`` the base model without adapters), plain ``"<name>"`` the model with whatever adapters the
+caller made active. The engine runs the caller's module as it is, borrowing it only for the length of each forward
+pass (see ``packed.serving``). The contract with the caller: rollouts and weight updates take turns, never overlap
+(await every request, then train, then ask again). Keys and values cached by the old weights would silently be
+wrong after an update, so before each request a live engine compares the parameters' version counters and
+storage, and the active adapters, with those it last saw and drops its prefix cache when they moved: an optimizer
+step, ``load_state_dict`` or ``set_adapter`` needs nothing more. Other changes (inside ``disable_adapter()``, a
+module swapped for another, a changed buffer) need ``weights_changed()``.
+
 Turns of one conversation share a growing prefix. When a request names a ``session_id``, the keys and values of
 that session's previous request stay in a bounded cache and the next request recomputes only the tokens after
 the common prefix. The cache is dropped when the session ends or, least recently used first, when it is full.
@@ -22,13 +33,15 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import contextlib
 import logging
 import queue
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 import torch
 
@@ -83,6 +96,8 @@ class _Request:
     outputs: list[Completion | None] = field(default_factory=list)
     on_delta: Callable[[Delta], None] | None = None
     """Streaming requests: called on ``loop`` with every new piece of text."""
+    adapter: str | None = None
+    """The peft adapter this request runs (live engines only); None: the model as its holder left it."""
 
 
 @dataclass
@@ -96,18 +111,26 @@ class _Sequence:
     fed: list[int] = field(default_factory=list)
     streamed: str = ""
     """Text already handed to a streaming caller."""
+    logprobs: list[float] = field(default_factory=list)
+    """Requests with ``logprobs``: each generated token's log-probability under the sampling distribution."""
 
 
 class _PrefixCache:
-    """Keys and values of finished requests, by session, evicted least recently used first."""
+    """Keys and values of finished requests, by session and adapter, evicted least recently used first.
+
+    Two agents of one conversation share a session; when they run different adapters, their keys and values for the
+    same tokens differ, so an entry is only found under the adapter that computed it.
+    """
 
     def __init__(self, budget_bytes: int) -> None:
         self.budget = budget_bytes
-        self._entries: OrderedDict[tuple[str, int], tuple[list[int], packed.KVStore]] = OrderedDict()
+        self._entries: OrderedDict[tuple[str, str | None, int], tuple[list[int], packed.KVStore]] = OrderedDict()
         self._counter = 0
         self._bytes = 0
 
-    def take(self, session_id: str, prompt: list[int]) -> tuple[int, packed.KVStore | None]:
+    def take(
+        self, session_id: str, prompt: list[int], adapter: str | None = None
+    ) -> tuple[int, packed.KVStore | None]:
         """The session's entry sharing the longest prefix with ``prompt``, with the length it covers.
 
         The entry is taken when the prompt extends all of it, copied when only part of it matches (both agents of a
@@ -115,7 +138,7 @@ class _PrefixCache:
         """
         best, best_len = None, 0
         for key, (tokens, _) in self._entries.items():
-            if key[0] != session_id:
+            if key[:2] != (session_id, adapter):
                 continue
             common = _common_prefix(tokens, prompt)
             if common > best_len:
@@ -133,9 +156,9 @@ class _PrefixCache:
         kv.truncate(usable)
         return usable, kv
 
-    def put(self, session_id: str, tokens: list[int], kv: packed.KVStore) -> None:
+    def put(self, session_id: str, tokens: list[int], kv: packed.KVStore, adapter: str | None = None) -> None:
         self._counter += 1
-        self._entries[(session_id, self._counter)] = (tokens, kv)
+        self._entries[(session_id, adapter, self._counter)] = (tokens, kv)
         self._bytes += kv.nbytes()
         while self._bytes > self.budget and self._entries:
             self._bytes -= self._entries.popitem(last=False)[1][1].nbytes()
@@ -143,6 +166,11 @@ class _PrefixCache:
     def drop(self, session_id: str) -> None:
         for key in [k for k in self._entries if k[0] == session_id]:
             self._bytes -= self._entries.pop(key)[1].nbytes()
+
+    def clear(self) -> None:
+        """Forget every entry: the weights that computed them changed."""
+        self._entries.clear()
+        self._bytes = 0
 
 
 def _common_prefix(a: list[int], b: list[int]) -> int:
@@ -169,12 +197,52 @@ def _sample(logits: torch.Tensor, sampling: SamplingParams, generator: torch.Gen
     return int(torch.multinomial(probs, 1, generator=generator))
 
 
-class EmbeddedEngine:
-    """A model in a worker thread with a continuous-batching loop. Thread-safe ``submit``."""
+def _logprob(logits: torch.Tensor, sampling: SamplingParams, token: int) -> float:
+    """``token``'s log-probability under ``log_softmax(logits / temperature)``.
 
-    def __init__(self, model: str = models.DEFAULT_MODEL, config: EngineConfig = EngineConfig()) -> None:
+    That is the distribution ``_sample`` draws from, before top-p truncation; greedy decoding counts as temperature 1
+    (the policy's own distribution).
+    """
+    temperature = sampling.temperature or 1.0
+    return float(torch.log_softmax(logits.float() / temperature, dim=-1)[token])
+
+
+def _weights_version(model: torch.nn.Module) -> tuple[object, ...]:
+    """The model's active peft adapters, where each parameter lives and how often it was written in place.
+
+    Changes whenever an optimizer steps, a state dict is loaded or ``set_adapter`` picks other adapters.
+    """
+    return (_active_adapters(model), *((p.data_ptr(), p._version) for p in model.parameters()))
+
+
+def _active_adapters(model: torch.nn.Module) -> tuple[str, ...]:
+    """The adapters a plain request runs: a property on peft's PeftModel, a method on transformers' own adapters."""
+    if not getattr(model, "peft_config", None):
+        return ()
+    active = getattr(model, "active_adapters", ())
+    return tuple(active() if callable(active) else active)
+
+
+class EmbeddedEngine:
+    """A model in a worker thread with a continuous-batching loop. Thread-safe ``submit``.
+
+    Args:
+        model: a packaged model name or checkpoint directory to load; with ``held``, the name it is served under.
+        config: the engine's limits.
+        held: a (model, tokenizer) the caller holds and keeps training: served as it is, never loaded, moved or
+            cast (``config.dtype`` does not apply), on the device it lives on. See the module's live-weights contract.
+    """
+
+    def __init__(
+        self,
+        model: str = models.DEFAULT_MODEL,
+        config: EngineConfig = EngineConfig(),
+        held: tuple[Any, Any] | None = None,
+    ) -> None:
         self.model_name = model
         self.config = config
+        self.held = held
+        self._weights: tuple[object, ...] = ()
         self._inbox: queue.Queue = queue.Queue()
         self._load_error: BaseException | None = None
         self._waiting: list[_Request] = []
@@ -197,6 +265,14 @@ class EmbeddedEngine:
     def end_session(self, session_id: str) -> None:
         """Drop the session's cached prefixes (queued behind the requests already sent)."""
         self._inbox.put(("end_session", session_id))
+
+    def weights_changed(self) -> None:
+        """Drop every cached prefix before the next request: the held model changed (queued like a request).
+
+        Needed after changes that neither write parameters nor pick other adapters (``disable_adapter()``, a
+        swapped module, a changed buffer); harmless otherwise.
+        """
+        self._inbox.put(("weights_changed", None))
 
     def close(self) -> None:
         """Ask the engine's thread to stop; it reads this after whatever was queued before."""
@@ -226,10 +302,14 @@ class EmbeddedEngine:
         if self.config.threads:
             torch.set_num_threads(self.config.threads)
         packed.register()
-        self.model, self.tokenizer = models.load(self.model_name)
-        self.model.to(getattr(torch, self.config.dtype))
-        self.model.set_attn_implementation(packed.ATTENTION_NAME)
-        packed.row_blocked(self.model)
+        if self.held is None:
+            self.model, self.tokenizer = models.load(self.model_name)
+            self.model.to(getattr(torch, self.config.dtype))
+            self.model.set_attn_implementation(packed.ATTENTION_NAME)
+            packed.row_blocked(self.model)
+        else:
+            self.model, self.tokenizer = self.held
+        self._device = next(self.model.parameters()).device
         cfg = self.model.config
         self._kv_shape = (cfg.num_hidden_layers, cfg.num_key_value_heads, cfg.hidden_size // cfg.num_attention_heads)
         self._context = int(getattr(cfg, "max_position_embeddings", 8192))
@@ -251,7 +331,10 @@ class EmbeddedEngine:
                 command, arg = item
                 if command == "stop":
                     raise _Stop
-                self._cache.drop(arg)
+                if command == "weights_changed":
+                    self._cache.clear()
+                else:
+                    self._cache.drop(arg)
             else:
                 self._waiting.append(item)
             block = False
@@ -296,17 +379,37 @@ class EmbeddedEngine:
         if request.future.cancelled():
             return None
         prompt = self._tokenize(request)
-        if prompt is None:
+        if prompt is None or not self._pick_adapter(request):
             return None
         request.prompt = prompt
         request.outputs = [None] * request.chat.n
+        if self.held is not None and self._weights != (weights := _weights_version(self.model)):
+            self._cache.clear()  # keys and values of the old weights
+            self._weights = weights
         reused, kv = (0, None)
         if request.chat.session_id is not None:
-            reused, kv = self._cache.take(request.chat.session_id, prompt)
+            reused, kv = self._cache.take(request.chat.session_id, prompt, request.adapter)
         request.cached = reused
-        kv = kv or packed.KVStore(*self._kv_shape)
+        kv = kv or packed.KVStore(*self._kv_shape, device=self._device)
         generator = self._generator(request.chat.sampling, 0)
         return _Sequence(request, 0, kv, prompt[reused:], generator, fed=prompt[:reused])
+
+    def _pick_adapter(self, request: _Request) -> bool:
+        """Set the adapter a live engine's request names (``"<name>@<adapter>"``); False if the model has none such.
+
+        Checked here rather than left to peft, whose error would fail every sequence of the step.
+        """
+        name = request.chat.model
+        if self.held is None or name is None or "@" not in name:
+            return True
+        adapter = name.partition("@")[2]
+        known = ["__base__", *getattr(self.model, "peft_config", {})]
+        if adapter not in known:
+            message = f"model {self.model_name!r} has no adapter {adapter!r}; it has {', '.join(known)}"
+            self._reply(request, error=InvalidRequestError(message, param="model"))
+            return False
+        request.adapter = adapter
+        return True
 
     @staticmethod
     def _generator(sampling: SamplingParams, sample: int) -> torch.Generator:
@@ -341,13 +444,12 @@ class EmbeddedEngine:
         counts = self._schedule(running)
         batch = [seq for seq in running if id(seq) in counts]
         try:
-            logits = self._forward([(seq.kv, seq.feed[: counts[id(seq)]]) for seq in batch])
+            rows = self._logits(batch, counts)
         except Exception as exc:  # fail this batch, keep serving
             log.exception("engine step failed")
             self._fail_all(batch, BackendError(f"engine step failed: {exc}"))
             failed = {id(seq.request) for seq in batch}
             return [seq for seq in running if id(seq.request) not in failed]
-        rows = {id(seq): row for seq, row in zip(batch, logits)}
         still = []
         for seq in running:
             count = counts.get(id(seq), 0)
@@ -361,8 +463,23 @@ class EmbeddedEngine:
                 still.extend(self._advance(seq, rows[id(seq)]))
         return still
 
-    def _forward(self, work: list[tuple[packed.KVStore, list[int]]]) -> torch.Tensor:
-        """Run each (KV store, new tokens) pair's tokens after its stored ones; the logits of each pair's last token."""
+    def _logits(self, batch: list[_Sequence], counts: dict[int, int]) -> dict[int, torch.Tensor]:
+        """The logits of each scheduled sequence's last token this step, by ``id``: one forward pass per adapter."""
+        groups: dict[str | None, list[_Sequence]] = {}
+        for seq in batch:
+            groups.setdefault(seq.request.adapter, []).append(seq)
+        rows: dict[int, torch.Tensor] = {}
+        for adapter, group in groups.items():
+            logits = self._forward([(seq.kv, seq.feed[: counts[id(seq)]]) for seq in group], adapter)
+            rows.update(zip(map(id, group), logits))
+        return rows
+
+    def _forward(self, work: list[tuple[packed.KVStore, list[int]]], adapter: str | None = None) -> torch.Tensor:
+        """Run each (KV store, new tokens) pair's tokens after its stored ones; the logits of each pair's last token.
+
+        A held model is borrowed for the pass (``packed.serving``) and ``adapter`` selected through peft's
+        ``adapter_names``, which leaves the caller's active adapters and ``requires_grad`` flags alone.
+        """
         ids: list[int] = []
         positions: list[int] = []
         segments, last = [], []
@@ -371,15 +488,18 @@ class EmbeddedEngine:
             positions.extend(range(kv.length, kv.length + len(tokens)))
             ids.extend(tokens)
             last.append(len(ids) - 1)
-        with torch.inference_mode():
+        selected = {} if adapter is None else {"adapter_names": [adapter]}
+        borrowed = contextlib.nullcontext() if self.held is None else packed.serving(self.model)
+        with torch.inference_mode(), borrowed:
             out = self.model(
-                input_ids=torch.tensor([ids]),
-                position_ids=torch.tensor([positions]),
+                input_ids=torch.tensor([ids], device=self._device),
+                position_ids=torch.tensor([positions], device=self._device),
                 segments=segments,
-                logits_to_keep=torch.tensor(last),
+                logits_to_keep=torch.tensor(last, device=self._device),
                 use_cache=False,
+                **selected,
             )
-        return out.logits[0]
+        return out.logits[0].cpu()  # sampled with the requests' CPU generators, wherever the model runs
 
     def _fork(self, seq: _Sequence, row: torch.Tensor) -> list[_Sequence]:
         """After the shared prompt ran once, split a request with n > 1 into n sequences."""
@@ -396,6 +516,8 @@ class EmbeddedEngine:
     def _advance(self, seq: _Sequence, row: torch.Tensor) -> list[_Sequence]:
         sampling = seq.request.chat.sampling
         token = _sample(row, sampling, seq.generator)
+        if seq.request.chat.logprobs:
+            seq.logprobs.append(_logprob(row, sampling, token))
         seq.generated.append(token)
         seq.feed = [token]
         finish = None
@@ -436,7 +558,7 @@ class EmbeddedEngine:
 
     def _finish(self, seq: _Sequence, reason: str, text: str | None) -> None:
         request = seq.request
-        completion = request.outputs[seq.sample] = Completion(
+        completion = Completion(
             text=self._text(seq) if text is None else text,
             finish_reason=reason,
             prompt_tokens=len(request.prompt),
@@ -444,9 +566,13 @@ class EmbeddedEngine:
             latency_s=time.perf_counter() - request.submitted,
             cached_prompt_tokens=request.cached,
         )
+        if request.chat.logprobs:
+            completion = replace(completion, prompt_token_ids=tuple(request.prompt), token_ids=tuple(seq.generated),
+                                 logprobs=tuple(seq.logprobs))
+        request.outputs[seq.sample] = completion
         self._send(request, Delta(seq.sample, completion.text[len(seq.streamed) :], completion))
         if request.chat.session_id is not None and seq.sample == 0:
-            self._cache.put(request.chat.session_id, seq.fed, seq.kv)
+            self._cache.put(request.chat.session_id, seq.fed, seq.kv, request.adapter)
         if all(output is not None for output in request.outputs):
             self._reply(request, result=list(request.outputs))
 
@@ -485,13 +611,20 @@ class _Stop(Exception):
 
 
 _ENGINES: dict[tuple[str, EngineConfig], EmbeddedEngine] = {}
+_LIVE: dict[str, EmbeddedEngine] = {}
+"""Engines serving a model object a caller holds, by the name it is served under."""
 _ENGINES_LOCK = threading.Lock()
 
 
 @atexit.register
 def _close_engines() -> None:
-    for engine in list(_ENGINES.values()):
+    for engine in _all_engines():
         engine.close()
+
+
+def _all_engines() -> list[EmbeddedEngine]:
+    with _ENGINES_LOCK:
+        return [*_ENGINES.values(), *_LIVE.values()]
 
 
 def shared_engine(model: str, config: EngineConfig = EngineConfig()) -> EmbeddedEngine:
@@ -501,6 +634,30 @@ def shared_engine(model: str, config: EngineConfig = EngineConfig()) -> Embedded
         if key not in _ENGINES:
             _ENGINES[key] = EmbeddedEngine(model, config)
         return _ENGINES[key]
+
+
+def serve_live(name: str, model: Any, tokenizer: Any, config: EngineConfig = EngineConfig()) -> EmbeddedEngine:
+    """The process's engine for a model object the caller holds, served as ``name`` (``"<name>@<adapter>"`` too).
+
+    Serving the same object again returns its engine; another object under a taken name replaces the old engine,
+    which finishes what was sent to it and stops (a trainer that rebuilt its model).
+    """
+    if "@" in name:
+        raise ValueError(f"a live model's name cannot contain '@' (it separates the adapter): {name!r}")
+    with _ENGINES_LOCK:
+        current = _LIVE.get(name)
+        if current is not None and current.held is not None and current.held[0] is model:
+            return current
+        _LIVE[name] = EmbeddedEngine(name, config, held=(model, tokenizer))
+    if current is not None:
+        current.close()
+    return _LIVE[name]
+
+
+def _live_engine(model: str) -> EmbeddedEngine | None:
+    """The live engine a request's ``model`` (``"<name>"`` or ``"<name>@<adapter>"``) names, if any."""
+    with _ENGINES_LOCK:
+        return _LIVE.get(model.partition("@")[0])
 
 
 @BACKENDS.register("embedded")
@@ -520,9 +677,27 @@ class EmbeddedBackend:
         self.engine_config = engine
         self.request_timeout = request_timeout
 
+    @classmethod
+    def for_model(
+        cls, model: Any, tokenizer: Any, name: str = "policy", engine: EngineConfig = EngineConfig(),
+        request_timeout: float = 1800.0,
+    ) -> EmbeddedBackend:
+        """A backend whose default model is ``model``, an object the caller holds and keeps training.
+
+        Requests for ``name`` run it as it is at that moment, ``"<name>@<adapter>"`` one of its peft adapters. The
+        caller alternates rollouts and updates (see the module's contract) and may call ``weights_changed()``.
+        """
+        serve_live(name, model, tokenizer, engine)
+        return cls(name, engine, request_timeout)
+
     def engine(self, model: str | None = None) -> EmbeddedEngine:
-        """The process's engine for ``model`` (this backend's by default), started on first use."""
-        return shared_engine(model or self.model, self.engine_config)
+        """The process's engine for ``model`` (this backend's by default): a live one, or started on first use."""
+        name = model or self.model
+        return _live_engine(name) or shared_engine(name, self.engine_config)
+
+    def weights_changed(self) -> None:
+        """Tell the engine of this backend's default model that its held weights changed (drops cached prefixes)."""
+        self.engine().weights_changed()
 
     async def chat(self, request: ChatRequest) -> list[Completion]:
         """All n Completions of the request; a timeout is a retryable BackendError."""
@@ -557,7 +732,7 @@ class EmbeddedBackend:
 
     async def end_session(self, session_id: str) -> None:
         """Every engine of the process forgets the session's cached prefixes."""
-        for engine in list(_ENGINES.values()):
+        for engine in _all_engines():
             engine.end_session(session_id)
 
     async def aclose(self) -> None:

@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 
 import grpc
 
-from coral.backends.base import BACKENDS, BackendError, ChatRequest, Completion, Delta, expect_choices
+from coral.backends.base import BACKENDS, BackendError, ChatRequest, Completion, Delta, expect_choices, refuse_logprobs
 from coral.backends.retry import RetryPolicy, Tries, call_with_transport_retries
 from coral.wire import coral_chat_pb2_grpc as pb_grpc
 from coral.wire.codec import CHANNEL_OPTIONS, SESSION_METADATA, from_chunk, from_response, to_request
@@ -105,6 +105,7 @@ class GrpcBackend:
 
     async def chat(self, request: ChatRequest) -> list[Completion]:
         """One Chat call, retried as the policy says; ``latency_s`` is the whole call as the caller waited for it."""
+        refuse_logprobs(request, self.target)
         message = to_request(replace(request, model=request.model or self.model))
         metadata = self._metadata(request.session_id)
         started = time.perf_counter()
@@ -124,6 +125,7 @@ class GrpcBackend:
         Only opening the stream is retried: once a piece has been yielded, a failure is final. Each choice's
         Completion counts the failed openings.
         """
+        refuse_logprobs(request, self.target)
         message = to_request(replace(request, model=request.model or self.model))
         metadata = self._metadata(request.session_id)
         started = time.perf_counter()

@@ -24,7 +24,7 @@ from typing import Any
 
 import aiohttp
 
-from coral.backends.base import BACKENDS, BackendError, ChatRequest, Completion, expect_choices
+from coral.backends.base import BACKENDS, BackendError, ChatRequest, Completion, expect_choices, refuse_logprobs
 from coral.backends.retry import RetryPolicy, call_with_transport_retries
 
 SESSION_HEADER = "serve_multiplexed_model_id"
@@ -119,6 +119,7 @@ class OpenAIHTTPBackend:
 
         ``latency_s`` is the whole call as the caller waited for it, retries included.
         """
+        refuse_logprobs(request, self.url)
         name = request.model or self.model
         if name is None:
             raise BackendError(f"{self!r}: no model given (name one in the request or the backend)", retryable=False)

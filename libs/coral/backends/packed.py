@@ -12,6 +12,8 @@ request gives the same tokens whatever else is in flight.
 from __future__ import annotations
 
 import types
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -29,11 +31,17 @@ class KVStore:
     """Keys and values of one sequence for every layer, in buffers that grow by doubling."""
 
     def __init__(
-        self, layers: int, kv_heads: int, head_dim: int, capacity: int = 256, dtype: torch.dtype = torch.float32
+        self,
+        layers: int,
+        kv_heads: int,
+        head_dim: int,
+        capacity: int = 256,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str = "cpu",
     ) -> None:
         self.length = 0
-        self._keys = [torch.empty(kv_heads, capacity, head_dim, dtype=dtype) for _ in range(layers)]
-        self._values = [torch.empty(kv_heads, capacity, head_dim, dtype=dtype) for _ in range(layers)]
+        self._keys = [torch.empty(kv_heads, capacity, head_dim, dtype=dtype, device=device) for _ in range(layers)]
+        self._values = [torch.empty(kv_heads, capacity, head_dim, dtype=dtype, device=device) for _ in range(layers)]
 
     @property
     def capacity(self) -> int:
@@ -46,7 +54,7 @@ class KVStore:
             capacity *= 2
         for buffers in (self._keys, self._values):
             for i, old in enumerate(buffers):
-                new = torch.empty(old.shape[0], capacity, old.shape[2], dtype=old.dtype)
+                new = torch.empty(old.shape[0], capacity, old.shape[2], dtype=old.dtype, device=old.device)
                 new[:, : self.length] = old[:, : self.length]
                 buffers[i] = new
 
@@ -132,7 +140,8 @@ def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, past: int, scale:
     q, k, v = q[None], k.repeat_interleave(group, dim=0)[None], v.repeat_interleave(group, dim=0)[None]
     if past == 0:
         return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)[0]
-    visible = torch.arange(past + count).unsqueeze(0) <= torch.arange(count).unsqueeze(1) + past
+    positions = torch.arange(past + count, device=q.device)
+    visible = positions.unsqueeze(0) <= positions[:count].unsqueeze(1) + past
     return F.scaled_dot_product_attention(q, k, v, attn_mask=visible, scale=scale)[0]
 
 
@@ -157,6 +166,41 @@ def row_blocked(model: torch.nn.Module) -> torch.nn.Module:
         if isinstance(module, torch.nn.Linear):
             module.forward = types.MethodType(_row_blocked_linear, module)  # type: ignore[method-assign]
     return model
+
+
+@contextmanager
+def serving(model: torch.nn.Module) -> Iterator[None]:
+    """Run a model the engine does not own as the engine runs its own, and leave it exactly as it was found.
+
+    For the duration: packed attention, every module in eval mode (no dropout, LoRA's included) and, on a CPU,
+    row-blocked linear layers. On exit the caller's attention implementation, each module's train/eval mode and the
+    linear layers' own ``forward`` come back, so a trainer holding the model computes its losses as before.
+    """
+    config: Any = model.config  # a transformers PretrainedConfig
+    attention = config._attn_implementation
+    modes = [(module, module.training) for module in model.modules()]
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)] if _on_cpu(model) else []
+    own_forward = [m.__dict__.get("forward") for m in linears]
+    try:
+        config._attn_implementation = ATTENTION_NAME
+        model.eval()
+        for linear in linears:
+            linear.forward = types.MethodType(_row_blocked_linear, linear)  # type: ignore[method-assign]
+        yield
+    finally:
+        config._attn_implementation = attention
+        for module, training in modes:
+            module.training = training
+        for linear, forward in zip(linears, own_forward):
+            if forward is None:
+                del linear.forward
+            else:
+                linear.forward = forward  # type: ignore[method-assign]
+
+
+def _on_cpu(model: torch.nn.Module) -> bool:
+    """MIN_ROWS..MAX_ROWS describe CPU matrix kernels; elsewhere the model's own layers run unchanged."""
+    return next(model.parameters()).device.type == "cpu"
 
 
 def _no_mask(*args: Any, **kwargs: Any) -> None:
