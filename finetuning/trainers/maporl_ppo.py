@@ -173,7 +173,8 @@ class MultiAgentPPO:
             self.model.add_adapter(policy_name(turn), lora)
         self.model.eval()
         hidden = model.config.hidden_size
-        self.value_heads = nn.ModuleDict({str(turn): _zero_head(hidden) for turn in turns})
+        self.device = next(model.parameters()).device
+        self.value_heads = nn.ModuleDict({str(turn): _zero_head(hidden) for turn in turns}).to(self.device)
         self.optimizer = _optimizer(self.trainable(), settings)
 
     def trainable(self) -> list[nn.Parameter]:
@@ -201,8 +202,9 @@ class MultiAgentPPO:
             raise ValueError(f"update {self.update_count} trains turn {turn}, which has {len(batch)} answers (< 2)")
         self.use(turn)
         ppo = self.settings.ppo
-        ids, attention, positions, mask, targets = _pack(batch, self.model.config.pad_token_id or 0)
-        rewards_tensor = torch.tensor([r.reward for r in batch], dtype=torch.float32)
+        packed = _pack(batch, self.model.config.pad_token_id or 0)
+        ids, attention, positions, mask, targets = (tensor.to(self.device) for tensor in packed)
+        rewards_tensor = torch.tensor([r.reward for r in batch], dtype=torch.float32, device=self.device)
         with torch.no_grad():
             old_logprobs, old_values = self._forward(ids, attention, positions, targets, turn)
             with self.model.disable_adapter():
@@ -216,7 +218,7 @@ class MultiAgentPPO:
             order = list(range(len(batch)))
             self.rng.shuffle(order)
             for part in range(chunks):
-                rows = torch.tensor(order[part::chunks])
+                rows = torch.tensor(order[part::chunks], device=self.device)
                 logprobs, values = self._forward(ids[rows], attention[rows], positions[rows], targets[rows], turn)
                 m = mask[rows]
                 p_loss, clip = policy_loss(logprobs, old_logprobs[rows], advantages[rows], m, ppo.cliprange)
@@ -256,7 +258,7 @@ class MultiAgentPPO:
         are normalised, so memory grows with the response, not with prompt × vocabulary.
         """
         output = self.model(input_ids=ids, attention_mask=attention, output_hidden_states=True)
-        rows = torch.arange(ids.shape[0]).unsqueeze(1)
+        rows = torch.arange(ids.shape[0], device=ids.device).unsqueeze(1)
         logits = output.logits[rows, positions] / self.settings.temperature
         logprobs = torch.log_softmax(logits.float(), dim=-1).gather(2, targets.unsqueeze(2)).squeeze(2)
         if turn is None:
@@ -285,13 +287,13 @@ class MultiAgentPPO:
     def resume(self, folder: Path) -> None:
         """Load a checkpoint written by ``save``: weights, optimizer, update counter and random states."""
         state = json.loads((folder / STATE_FILE).read_text(encoding="utf-8"))
-        weights = torch.load(folder / "weights.pt", weights_only=True)
+        weights = torch.load(folder / "weights.pt", weights_only=True, map_location=self.device)
         own = dict(self.model.named_parameters())
         with torch.no_grad():
             for name, value in weights["lora"].items():
                 own[name].copy_(value)
         self.value_heads.load_state_dict(weights["value_heads"])
-        optim = torch.load(folder / "optim.pt", weights_only=True)
+        optim = torch.load(folder / "optim.pt", weights_only=True, map_location="cpu")
         self.optimizer.load_state_dict(optim["optimizer"])
         torch.set_rng_state(optim["torch_rng"])
         self.rng.setstate(_tupled(state["rng"]))

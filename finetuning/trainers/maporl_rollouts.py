@@ -74,7 +74,7 @@ class PolicyBackend:
         """The answer's token ids, sampled with transformers' ``generate`` (full distribution: top_k 0, top_p 1)."""
         with torch.random.fork_rng(), torch.no_grad():
             torch.manual_seed(seed)
-            ids = torch.tensor([prompt])
+            ids = torch.tensor([prompt], device=self.trainer.device)
             output = self.trainer.model.generate(
                 input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_tokens,
                 do_sample=temperature > 0, temperature=temperature if temperature > 0 else None, top_k=0, top_p=1.0,
