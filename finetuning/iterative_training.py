@@ -114,6 +114,22 @@ class Step:
     done: Callable[[], bool]
 
 
+def run_steps(steps: list[Step], launcher: Launcher, after_step: Callable[[], object]) -> None:
+    """Run each step unless its outputs already validate (so a rerun resumes where a killed run stopped).
+
+    A step that ends without valid outputs stops the plan; ``after_step`` (the summary) runs after each step that ran.
+    """
+    for step in steps:
+        if step.done():
+            log.info("%s: done already (%s), skipped", step.name, step.out)
+            continue
+        log.info("%s -> %s", step.name, step.out)
+        launcher.run(step.name.replace(" ", "_"), step.out, step.run)
+        if not step.done():
+            raise StepFailed(f"{step.name} finished but its outputs in {step.out} do not validate")
+        after_step()
+
+
 # ---------------------------------------------------------------------------------------------- steps
 
 
@@ -248,15 +264,7 @@ class IterativeTraining:
     def run(self) -> list[dict[str, Any]]:
         self.root.mkdir(parents=True, exist_ok=True)
         (self.root / "settings.json").write_text(json.dumps(asdict(self.config), indent=2, default=str))
-        for step in self.steps():
-            if step.done():
-                log.info("%s: done already (%s), skipped", step.name, step.out)
-                continue
-            log.info("%s -> %s", step.name, step.out)
-            self.config.launcher.run(step.name.replace(" ", "_"), step.out, step.run)
-            if not step.done():
-                raise StepFailed(f"{step.name} finished but its outputs in {step.out} do not validate")
-            self.write_summary()
+        run_steps(self.steps(), self.config.launcher, self.write_summary)
         return self.write_summary()
 
     # ------------------------------------------------------------------------------------------ summary
