@@ -136,9 +136,9 @@ class Turn:
 
 @dataclass
 class Outcome:
-    """What a protocol decided at its end (or after one debate round): a majority vote over answering turns.
+    r"""What a protocol decided at its end (or after one debate round): a majority vote over answering turns.
 
-    Votes are counted per answer under the task's equivalence (``0.5`` and ``\\frac12`` are one answer, shown
+    Votes are counted per answer under the task's equivalence (``0.5`` and ``\frac12`` are one answer, shown
     as the first spelling seen). A turn with no valid answer never wins against a valid one: it is counted in
     ``invalid`` only.
     """

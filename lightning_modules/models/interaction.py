@@ -39,6 +39,7 @@ from coral.conversation import (
     Protocol,
     RetryPolicy,
     RunSettings,
+    build_agents,
 )
 from coral.conversation.progress import Progress, ProgressReporter
 from coral.conversation.tree import strategy
@@ -208,20 +209,11 @@ class InteractionModule(LightningModule):
         return specs
 
     def _agents(self, task: Task, instructions: dict[str, str]) -> dict[str, Agent]:
-        """The agents, each with its system prompt: its own, else the protocol's for its role, else the data's
-        instruction style for it (``teacher_instruction`` for every agent but ``student``)."""
+        """The protocol's agents (``coral.conversation.build_agents``), on the embedded engine or served apps."""
         hp = self.hparams
         sampling = SamplingParams(hp.sampling_temp, hp.top_p, hp.max_turn_tokens or 1024)
-        specs = self.agent_specs()
-        agents = {}
-        for name, config in self.agent_configs().items():
-            backend, served = self._backend(specs[name].model, specs[name].endpoint)
-            prompt = config.system_prompt
-            if prompt is None:
-                prompt = task.instruction(config.instruction) if config.instruction else (
-                    self.protocol.instruction(name, task) or instructions.get(name, instructions["teacher"]))
-            agents[name] = Agent(name, backend, served, prompt, config.sampling(sampling))
-        return agents
+        return build_agents(self.protocol, task, self.agent_specs(), self.agent_configs(), sampling,
+                            lambda spec: self._backend(spec.model, spec.endpoint), instructions)
 
     def _extractor(self) -> BeliefExtractor:
         cfg = self.extractor_config

@@ -77,7 +77,15 @@ GOLDEN_HASHES = {
 domain names inside: a results folder resumes only while its hash stays the same."""
 
 
+NEWER_CONFIG_FOLDERS = ("debate", "gvr")
+"""Config folders written after the hashes above were pinned (no results folder of theirs predates them)."""
+
+
 def test_existing_configs_keep_their_config_hash(eval_config, data_override, monkeypatch):
+    name = eval_config.relative_to(ROOT / "configs").as_posix()
+    if name not in GOLDEN_HASHES:
+        assert name.split("/")[0] in NEWER_CONFIG_FOLDERS, f"{name}: pin its hash in GOLDEN_HASHES"
+        return
     monkeypatch.chdir(ROOT)
     override = data_override(eval_config)
     relative = [override[0], str(Path(override[1]).relative_to(ROOT))] if override else []

@@ -1,10 +1,10 @@
 """Conversations: agents, protocols and the runner that executes many of them concurrently."""
 
 from coral.backends.retry import RetryPolicy
-from coral.conversation.agent import Agent, AgentConfig, AgentSpec
+from coral.conversation.agent import Agent, AgentConfig, AgentSpec, build_agents
 from coral.conversation.context import ConversationContext
 from coral.conversation.protocols import PROTOCOLS, CoralProtocol, Protocol, agent_view
-from coral.conversation.runner import ConversationRunner
+from coral.conversation.runner import ConversationRunner, evaluate
 from coral.conversation.settings import RunSettings
 
 __all__ = [
@@ -19,4 +19,6 @@ __all__ = [
     "RetryPolicy",
     "RunSettings",
     "agent_view",
+    "build_agents",
+    "evaluate",
 ]

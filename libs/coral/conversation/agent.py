@@ -1,11 +1,17 @@
-"""An agent: who speaks, on which model, with which instruction and sampling; and the spec it is built from."""
+"""An agent: who speaks, on which model, with which instruction and sampling; the specs it is built from."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 from coral.backends.base import ChatBackend
 from coral.sampling import SamplingParams
+
+if TYPE_CHECKING:
+    from coral.conversation.protocols.base import Protocol
+    from coral.tasks.base import Task
 
 
 @dataclass
@@ -76,3 +82,46 @@ class AgentConfig:
             top_p=default.top_p if self.top_p is None else self.top_p,
             max_tokens=default.max_tokens if self.max_tokens is None else self.max_tokens,
         )
+
+
+BackendFor = Callable[[AgentSpec], tuple[ChatBackend, str]]
+"""Builds (or reuses) the backend serving a spec, and the model name to ask it for."""
+
+
+def build_agents(
+    protocol: Protocol,
+    task: Task,
+    specs: Mapping[str, AgentSpec],
+    configs: Mapping[str, AgentConfig],
+    sampling: SamplingParams,
+    backend_for: BackendFor,
+    instructions: Mapping[str, str] | None = None,
+) -> dict[str, Agent]:
+    """The protocol's agents, each with its backend, system prompt and sampling.
+
+    The system prompt is the agent's own (``system_prompt``, else its ``instruction`` style), else the
+    protocol's for its role, else ``instructions`` for it (the run's configured styles; ``teacher``'s for every
+    agent but ``student``), else none.
+
+    Args:
+        protocol: names the agents (``speakers()``) and their role instructions.
+        task: renders instruction styles.
+        specs: agent name -> its model and endpoint.
+        configs: agent name -> its overrides (an agent with none takes every default).
+        sampling: the run's sampling, which an agent's overrides change.
+        backend_for: the backend serving a spec.
+        instructions: system prompts from the run's configuration, by agent name.
+    """
+    agents = {}
+    for name in protocol.speakers():
+        config = configs.get(name, AgentConfig())
+        prompt = config.system_prompt
+        if prompt is None and config.instruction is not None:
+            prompt = task.instruction(config.instruction)
+        if prompt is None:
+            prompt = protocol.instruction(name, task)
+        if prompt is None and instructions:
+            prompt = instructions.get(name, instructions.get("teacher", ""))
+        backend, served = backend_for(specs[name])
+        agents[name] = Agent(name, backend, served, prompt or "", config.sampling(sampling))
+    return agents

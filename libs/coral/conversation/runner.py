@@ -19,7 +19,7 @@ import asyncio
 import logging
 import traceback
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,7 +28,7 @@ from coral.conversation.agent import Agent
 from coral.conversation.context import ConversationContext
 from coral.conversation.protocols import Protocol
 from coral.conversation.settings import RunSettings
-from coral.metrics import conversation_metrics
+from coral.metrics import conversation_metrics, write_metrics
 from coral.records import ConversationRecord
 from coral.store import ResultStore
 from coral.tasks.base import Example, Task
@@ -127,6 +127,20 @@ class ConversationRunner:
                 await backend.end_session(ctx.session_id)
         record.metrics = conversation_metrics(record)
         return record
+
+
+def evaluate(
+    runner: ConversationRunner, examples: Sequence[Example], samples: int = 1, compat: bool = False
+) -> dict[str, float]:
+    """Run in this process every (example, sample) the runner's store lacks, then write and return the metrics.
+
+    The library's one entry point for a whole evaluation: the drivers call it for MALT's trees and evaluations
+    and MAPoRL's rollouts and evaluations (a backend serving the weights being trained included), with no
+    subprocess; the Lightning module runs the same runner with its sharding, progress line and SIGTERM handling
+    around it. A rerun resumes: what the store holds is not run again.
+    """
+    asyncio.run(runner.run(runner.pending(examples, samples)))
+    return write_metrics(runner.store.root, compat=compat)
 
 
 class GroupCommit:
