@@ -22,6 +22,10 @@ if TYPE_CHECKING:
 
 PROTOCOLS: Registry[Protocol] = Registry("protocol")
 
+MODERATOR = "moderator"
+"""The speaker of a protocol's own messages (the problem as turn 0 of a debate or generate-verify-refine record,
+the debate's revise requests): the protocol's voice, not an agent."""
+
 
 class Protocol(ABC):
     """Who speaks, what each agent sees and when a conversation ends; registered by name in ``PROTOCOLS``.

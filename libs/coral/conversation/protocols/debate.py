@@ -21,7 +21,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Literal, get_args
 
 from coral.backends.base import Message
-from coral.conversation.protocols.base import PROTOCOLS, Protocol
+from coral.conversation.protocols.base import MODERATOR, PROTOCOLS, Protocol
 from coral.conversation.voting import TIE_RULES, majority_vote
 from coral.records import ConversationRecord, Outcome, StopReason, TieRule, Turn
 from coral.tasks.base import Example
@@ -29,9 +29,6 @@ from coral.tasks.base import Example
 if TYPE_CHECKING:
     from coral.conversation.context import ConversationContext
     from coral.tasks.base import Task
-
-MODERATOR = "moderator"
-"""The speaker of turn 0 (the problem) and, in the messages agents see, of every ``user`` message."""
 
 PromptStyle = Literal["du", "maporl"]
 """The wording of the revise request: Du et al.'s (default) or MAPoRL's."""

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from coral.backends.base import Message
-from coral.conversation.protocols.base import PROTOCOLS, Protocol
+from coral.conversation.protocols.base import MODERATOR, PROTOCOLS, Protocol
 from coral.conversation.voting import majority_vote
 from coral.records import ConversationRecord, StopReason, TieRule, Turn
 
@@ -137,7 +137,7 @@ class GenerateVerifyRefine(Protocol):
 
     async def run(self, ctx: ConversationContext) -> ConversationRecord:
         """Generate the tree level by level, grade the answering turns and vote over the refiners' answers."""
-        question = Turn(index=0, speaker="question", text=ctx.task.opening_message(ctx.example, posed=True),
+        question = Turn(index=0, speaker=MODERATOR, text=ctx.task.opening_message(ctx.example, posed=True),
                         generated=False, role="question")
         turns = [question]
         answer_format = ctx.task.answer_instruction()
