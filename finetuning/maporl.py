@@ -14,12 +14,17 @@ Steps (each writes under ``exp_dir`` and is skipped only when its outputs exist 
    ``ppo/rollouts/update_<k>/``, ``ppo/ppo_log.jsonl``, a resumable ``ppo/checkpoint/``.
 4. ``eval/<arm>/``: the trained agents in debate, the untrained agents in the same debate, and the single-agent
    baseline (1 agent x 1 round), on the first ``eval_questions`` test questions; majority vote with the
-   configured tie rule (MAPoRL's ``expected``). ``summary.md``/``summary.json``/``summary.png`` compare them.
+   configured tie rule (MAPoRL's ``expected``). Each arm's ``metrics.json`` is coral's (``coral.metrics``:
+   ``mv_accuracy``, ``mv_accuracy_round_<r>``, ``agent_accuracy_round_<r>``, ``consensus``, ``w_to_r_round_<r>``,
+   ``r_to_w_round_<r>``); ``summary.md``/``summary.json``/``summary.png`` compare the arms.
+
+Every debate is played by ``PolicyBackend`` on the embedded engine serving the trainer's own model (live weights,
+one adapter per round) and run in this process by ``coral.conversation.evaluate``, which also resumes a store left
+half-written by a kill.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import random
@@ -35,10 +40,12 @@ import torch
 from jsonargparse import ActionConfigFile, ArgumentParser
 
 from coral.atomic import write_atomic
+from coral.backends.embedded import EngineConfig
 from coral.beliefs import BeliefExtractor
-from coral.conversation import Agent, ConversationRunner, RetryPolicy, RunSettings
+from coral.conversation import Agent, ConversationRunner, RetryPolicy, RunSettings, evaluate
 from coral.conversation.protocols.debate import DebateProtocol, PeerScorer, PromptStyle
-from coral.records import ConversationRecord, TieRule, Turn
+from coral.metrics.aggregate import format_metric
+from coral.records import TieRule, Turn
 from coral.rewards import RewardSettings
 from coral.sampling import SamplingParams
 from coral.store import ResultStore, read_records
@@ -173,7 +180,7 @@ class Maporl:
         checkpoint = self.root / "ppo/checkpoint"
         plan.append(Step("ppo", self.ppo, lambda: checkpoint_update(checkpoint) == self.config.updates))
         for arm in ARMS:
-            plan.append(Step(f"evaluate {arm}", partial(self.evaluate, arm), partial(self.evaluated, arm)))
+            plan.append(Step(f"evaluate {arm}", partial(self.evaluate_arm, arm), partial(self.evaluated, arm)))
         return plan
 
     def run(self) -> list[dict[str, Any]]:
@@ -219,6 +226,11 @@ class Maporl:
             raise ValueError(f"{cfg.train_file} has no questions left for PPO after {cfg.verifier_questions}")
         return pool
 
+    def policy(self, trained: bool) -> PolicyBackend:
+        """A backend answering from the trainer's model: its policy adapters (``trained``) or the base model."""
+        trainer, tokenizer = self.trainer()
+        return PolicyBackend(trainer, tokenizer, trained, "maporl", EngineConfig(threads=self.config.threads))
+
     def debates(
         self,
         backend: PolicyBackend,
@@ -228,8 +240,9 @@ class Maporl:
         out: Path,
         seed: int,
         scorer: Scorer | None = None,
-    ) -> list[ConversationRecord]:
-        """Play ``samples`` debates per question through the library's runner; the records are stored in ``out``.
+    ) -> dict[str, float]:
+        """Play ``samples`` debates per question with ``coral.conversation.evaluate``: records and ``metrics.json``
+        go to ``out`` (what it holds already is not played again); returns the metrics.
 
         With a learned verifier (``scorer``) and MAPoRL's prompts, each agent sees the verifier's score beside the
         others' answers, as in the official configs (``reward_feedback=True``).
@@ -245,10 +258,9 @@ class Maporl:
             agents=agents,
             extractor=BeliefExtractor("rules", backend),
             store=ResultStore(out),
-            settings=RunSettings(seed, f"maporl-{seed}", concurrency=1, retry=RetryPolicy(attempts=1, backoff_s=0.0)),
+            settings=RunSettings(seed, f"maporl-{seed}", retry=RetryPolicy(attempts=1, backoff_s=0.0)),
         )
-        asyncio.run(runner.run([(q, s) for q in questions for s in range(samples)]))
-        return read_records(out)
+        return evaluate(runner, questions, samples)
 
     def _peer_scorer(self, scorer: Scorer) -> PeerScorer:
         """The verifier as the debate protocol's async peer scorer, reading the question as the agents saw it."""
@@ -262,10 +274,9 @@ class Maporl:
     def verifier_data(self) -> None:
         """Debates of the untrained model on the verifier questions -> balanced (question, answer, correct?) rows."""
         cfg, out = self.config, self.root / "verifier_data"
-        trainer, tokenizer = self.trainer()
-        records = self.debates(PolicyBackend(trainer, tokenizer, trained=False), cfg.debate,
-                               self.questions("verifier"), cfg.verifier_samples, out / "debates", cfg.seed)
-        rows = verifier_rows(records)
+        self.debates(self.policy(trained=False), cfg.debate, self.questions("verifier"), cfg.verifier_samples,
+                     out / "debates", cfg.seed)
+        rows = verifier_rows(read_records(out / "debates"))
         balanced = balance_rows(rows, cfg.seed)
         (out / "rows.jsonl").write_text("".join(json.dumps(asdict(row)) + "\n" for row in balanced))
         counts = {"answers": len(rows), "correct": sum(r.correct for r in rows), "balanced_rows": len(balanced)}
@@ -280,37 +291,38 @@ class Maporl:
     def ppo(self) -> None:
         """PPO updates from the checkpoint's counter to ``updates``: debate with the current weights, reward, update."""
         cfg = self.config
-        trainer, tokenizer = self.trainer()
+        trainer, _ = self.trainer()
         scorer = load_scorer(self.root / "verifier") if cfg.verifier == "learned" else None
         pool = self.questions("rl")
         while trainer.update_count < cfg.updates:
             k = trainer.update_count
             out = self.root / f"ppo/rollouts/update_{k}"
             shutil.rmtree(out, ignore_errors=True)  # a rerun regenerates: the token ids live only in the backend
-            backend = PolicyBackend(trainer, tokenizer, trained=True)
+            backend = self.policy(trained=True)
             questions = random.Random(cfg.seed * 1_000_003 + k).sample(pool, min(cfg.questions_per_update, len(pool)))
-            records = self.debates(backend, cfg.debate, questions, 1, out, cfg.seed + k, scorer)
+            self.debates(backend, cfg.debate, questions, 1, out, cfg.seed + k, scorer)
             rollouts = [
                 rollout
-                for record in records
+                for record in read_records(out)
                 for rollout in record_rollouts(record, self.task, backend.sampled, cfg.rewards, scorer)
             ]
             stats = trainer.update(rollouts)
             log.info(
-                "update %d (turn %d): reward %.3f, kl %.4f, clip %.3f, value loss %.4f, %.1f s", k, stats["turn"],
-                stats["reward"], stats["kl"], stats["clip_frac"], stats["value_loss"], stats["seconds"],
+                "update %d (turn %d): reward %.3f, kl %.4f, clip %.3f, value loss %.4f, sampler gap %s, %.1f s", k,
+                stats["turn"], stats["reward"], stats["kl"], stats["clip_frac"], stats["value_loss"],
+                stats["sampler_logprob_gap"], stats["seconds"],
             )
             if trainer.update_count % cfg.save_every == 0 or trainer.update_count == cfg.updates:
                 trainer.save(self.root / "ppo/checkpoint")
 
-    def evaluate(self, arm: str) -> None:
-        """One evaluation arm's debates and its metrics (accuracy of the final vote, and of every round's vote)."""
-        cfg, out = self.config, self.root / "eval" / arm
-        trainer, tokenizer = self.trainer()
-        debate = replace(cfg.eval_debate, agents=1, rounds=1) if arm == "single" else cfg.eval_debate
-        backend = PolicyBackend(trainer, tokenizer, trained=arm == "trained")
-        records = self.debates(backend, debate, self.questions("eval"), 1, out / "debates", cfg.seed)
-        write_atomic(out / "metrics.json", json.dumps(vote_metrics(records, debate)).encode())
+    def arm_debate(self, arm: str) -> DebateSettings:
+        """The evaluation debate of ``arm``: the single-agent baseline is 1 agent x 1 round."""
+        return replace(self.config.eval_debate, agents=1, rounds=1) if arm == "single" else self.config.eval_debate
+
+    def evaluate_arm(self, arm: str) -> None:
+        """One evaluation arm's debates on the test questions and coral's metrics of them (``eval/<arm>/``)."""
+        backend, out = self.policy(trained=arm == "trained"), self.root / "eval" / arm
+        self.debates(backend, self.arm_debate(arm), self.questions("eval"), 1, out, self.config.seed)
 
     def evaluated(self, arm: str) -> bool:
         """Metrics written, over every evaluation question."""
@@ -318,47 +330,54 @@ class Maporl:
             metrics = json.loads((self.root / "eval" / arm / "metrics.json").read_text())
         except (OSError, ValueError):
             return False
-        return bool(metrics.get("n") == len(self.questions("eval")))
+        return bool(metrics.get("n_conversations") == len(self.questions("eval")))
 
     # -------------------------------------------------------------------------------------------- summary
     def write_summary(self) -> list[dict[str, Any]]:
-        """``summary.json``/``.md``/``.png``: accuracy by arm and round."""
+        """``summary.json``/``.md``/``.png``: each evaluated arm's shape and coral metrics, vote accuracy by round."""
         rows = []
         for arm in ARMS:
             path = self.root / "eval" / arm / "metrics.json"
             if path.is_file():
-                rows.append({"arm": arm, **json.loads(path.read_text())})
+                debate = self.arm_debate(arm)
+                rows.append({"arm": arm, "agents": debate.agents, "rounds": debate.rounds,
+                             **json.loads(path.read_text())})
         write_atomic(self.root / "summary.json", json.dumps(rows, indent=2).encode())
         write_atomic(self.root / "summary.md", summary_markdown(rows).encode())
         if rows:
             from coral.report.plots import line_chart, save_png
 
-            series = {row["arm"]: dict(enumerate(row["accuracy_by_round"])) for row in rows}
+            series = {row["arm"]: _by_round(row, "mv_accuracy", range(row["rounds"])) for row in rows}
             chart = line_chart(series, title="Majority-vote accuracy by round", xlabel="round")
             save_png(chart, self.root / "summary.png")
         return rows
 
 
-def vote_metrics(records: list[ConversationRecord], debate: DebateSettings) -> dict[str, Any]:
-    """Mean majority-vote correctness of the final round and of each round (ties scored by the tie rule)."""
-    outcomes = [record.outcome for record in records if record.outcome is not None]
-    by_round = [
-        sum(float(o.rounds[r].correct) for o in outcomes if len(o.rounds) > r) / max(1, len(outcomes))
-        for r in range(debate.rounds)
-    ]
-    accuracy = sum(float(o.correct) for o in outcomes) / max(1, len(outcomes))
-    return {"n": len(records), "agents": debate.agents, "rounds": debate.rounds, "accuracy": accuracy,
-            "accuracy_by_round": by_round}
+SUMMARY_COLUMNS = ("arm", "agents x rounds", "n", "mv_accuracy", "mv_accuracy by round", "agent_accuracy by round",
+                   "consensus", "w_to_r / r_to_w by round")
 
 
 def summary_markdown(rows: list[dict[str, Any]]) -> str:
-    """The evaluation table: one line per arm."""
-    lines = ["| arm | agents x rounds | n | accuracy | by round |", "|---|---|---|---|---|"]
+    """The evaluation table, one line per arm; "by round" lists rounds 0, 1, ... (changes from round 1 on)."""
+    lines = ["| " + " | ".join(SUMMARY_COLUMNS) + " |", "|" + "---|" * len(SUMMARY_COLUMNS)]
     for row in rows:
-        by_round = ", ".join(f"{value:.3f}" for value in row["accuracy_by_round"])
-        shape = f"{row['agents']} x {row['rounds']}"
-        lines.append(f"| {row['arm']} | {shape} | {row['n']} | {row['accuracy']:.3f} | {by_round} |")
+        rounds = range(row["rounds"])
+        changes = [f"{format_metric(row.get(f'w_to_r_round_{r}'))} / {format_metric(row.get(f'r_to_w_round_{r}'))}"
+                   for r in rounds[1:]]
+        cells = [
+            row["arm"], f"{row['agents']} x {row['rounds']}", str(row["n_conversations"]),
+            format_metric(row.get("mv_accuracy")),
+            ", ".join(map(format_metric, _by_round(row, "mv_accuracy", rounds).values())),
+            ", ".join(map(format_metric, _by_round(row, "agent_accuracy", rounds).values())),
+            format_metric(row.get("consensus")), ", ".join(changes) or "-",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _by_round(row: dict[str, Any], metric: str, rounds: range) -> dict[int, float]:
+    """``<metric>_round_<r>`` of each round the metrics have, by round."""
+    return {r: row[f"{metric}_round_{r}"] for r in rounds if row.get(f"{metric}_round_{r}") is not None}
 
 
 def parse(args: list[str] | None = None) -> MaporlConfig:

@@ -135,6 +135,9 @@ class Rollout:
         turn: the debate round it answers (selects the policy adapter).
         agent: the speaker, for logs.
         correct: whether it was graded correct, for logs.
+        logprobs: the sampler's log-probability of each response token, when it gave them (the embedded engine
+            does). The update recomputes them with its own forward pass (so a minibatch's first ratio is exactly 1)
+            and logs the largest difference: stale weights in the sampler or a temperature mismatch show up there.
     """
 
     prompt_ids: list[int]
@@ -143,6 +146,7 @@ class Rollout:
     turn: int
     agent: str
     correct: bool | None = None
+    logprobs: list[float] | None = None
 
 
 def policy_name(turn: int) -> str:
@@ -182,12 +186,9 @@ class MultiAgentPPO:
         lora = [p for name, p in self.model.named_parameters() if "lora_" in name]
         return lora + list(self.value_heads.parameters())
 
-    def use(self, turn: int) -> bool:
-        """Switch generation and scoring to ``turn``'s policy; False (adapters off) for a turn never trained."""
-        if turn not in self.settings.schedule.turns():
-            return False
-        self.model.set_adapter(policy_name(turn))
-        return True
+    def adapter(self, turn: int) -> str | None:
+        """The policy adapter that answers ``turn``; None for a turn the schedule never trains (the base answers)."""
+        return policy_name(turn) if turn in self.settings.schedule.turns() else None
 
     # ------------------------------------------------------------------------------------------- one update
     def update(self, rollouts: Sequence[Rollout]) -> dict[str, Any]:
@@ -200,7 +201,7 @@ class MultiAgentPPO:
         batch = [r for r in rollouts if r.turn == turn]
         if len(batch) < 2:
             raise ValueError(f"update {self.update_count} trains turn {turn}, which has {len(batch)} answers (< 2)")
-        self.use(turn)
+        self.model.set_adapter(policy_name(turn))
         ppo = self.settings.ppo
         packed = _pack(batch, self.model.config.pad_token_id or 0)
         ids, attention, positions, mask, targets = (tensor.to(self.device) for tensor in packed)
@@ -239,6 +240,7 @@ class MultiAgentPPO:
             "reward": float(rewards_tensor.mean()),
             "kl": float(kl_per_answer.mean()),
             "mean_value": float(masked_mean(old_values, mask)),
+            "sampler_logprob_gap": _sampler_gap(batch, old_logprobs),
             **{name: sum(values) / len(values) for name, values in steps.items()},
             **_by_turn_and_agent(rollouts),
             "seconds": time.perf_counter() - started,
@@ -348,6 +350,16 @@ def _pack(batch: Sequence[Rollout], pad: int) -> tuple[Tensor, Tensor, Tensor, T
         mask[i, : len(r.response_ids)] = 1
         targets[i, : len(r.response_ids)] = torch.tensor(r.response_ids)
     return ids, attention, positions, mask, targets
+
+
+def _sampler_gap(batch: Sequence[Rollout], logprobs: Tensor) -> float | None:
+    """The largest |sampler's log-probability - the update's own| over the batch's tokens; None if none were given."""
+    gaps = [
+        float((logprobs[i, : len(r.logprobs)].cpu() - torch.tensor(r.logprobs)).abs().max())
+        for i, r in enumerate(batch)
+        if r.logprobs
+    ]
+    return max(gaps, default=None)
 
 
 def _by_turn_and_agent(rollouts: Sequence[Rollout]) -> dict[str, dict[str, float]]:

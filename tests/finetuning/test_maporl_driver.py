@@ -10,8 +10,7 @@ import torch
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from coral.backends import models
-from coral.records import Outcome
-from finetuning.maporl import DebateSettings, Maporl, parse, summary_markdown, vote_metrics
+from finetuning.maporl import Maporl, parse, summary_markdown
 from finetuning.trainers.maporl_ppo import LOG_FILE, MultiAgentPPO, checkpoint_update
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -39,47 +38,50 @@ def tiny_driver(tmp_path, updates):
     return driver
 
 
-@pytest.mark.slow  # about 2 minutes on a busy 2-core CPU (debates of 6-token answers, two PPO updates)
 def test_ppo_plays_debates_with_the_policy_rewards_them_and_resumes_at_the_checkpointed_update(tmp_path):
+    """About 10 s on a busy 2-core CPU: the engine batches the debates of 6-token answers; two PPO updates."""
     driver = tiny_driver(tmp_path, updates=1)
     driver.ppo()
     assert checkpoint_update(tmp_path / "ppo/checkpoint") == 1
     [row] = [json.loads(line) for line in (tmp_path / "ppo" / LOG_FILE).read_text().splitlines()]
     assert row["update"] == 0 and row["turn"] == 1 and row["answers"] == 4  # 2 debates x 2 agents, turn 1
     assert set(row["reward_by_turn_agent"]) == {"0/agent_1", "0/agent_2", "1/agent_1", "1/agent_2"}
+    assert row["sampler_logprob_gap"] < 1e-4  # the engine sampled from the weights the update scores
     records = list((tmp_path / "ppo/rollouts/update_0").glob("*.jsonl"))
     assert records
     # a second driver with more updates resumes at update 1 and adds exactly one log line
     again = tiny_driver(tmp_path, updates=2)
     assert again.trainer()[0].update_count == 1
     again.ppo()
-    assert [json.loads(line)["update"] for line in (tmp_path / "ppo" / LOG_FILE).read_text().splitlines()] == [0, 1]
+    rows = [json.loads(line) for line in (tmp_path / "ppo" / LOG_FILE).read_text().splitlines()]
+    assert [row["update"] for row in rows] == [0, 1]
+    assert rows[1]["sampler_logprob_gap"] < 1e-4  # the resumed model object is served, with its trained adapter
 
 
-def test_evaluation_arm_writes_metrics_that_validate(tmp_path):
+def test_evaluation_arm_writes_corals_debate_metrics_that_validate(tmp_path):
     driver = tiny_driver(tmp_path, updates=1)
-    driver.evaluate("single")
+    driver.evaluate_arm("single")
     metrics = json.loads((tmp_path / "eval/single/metrics.json").read_text())
-    assert metrics["n"] == 2 and metrics["agents"] == 1 and metrics["rounds"] == 1
+    # A random model's 6 tokens never hold a label: no valid answer, no vote, no consensus; one round only.
+    assert (metrics["n_conversations"], metrics["total_turns"], metrics["valid_answer_rate"]) == (2, 1.0, 0.0)
+    assert metrics["mv_accuracy"] == metrics["mv_accuracy_round_0"] == metrics["consensus"] == 0.0
+    assert "mv_accuracy_round_1" not in metrics
     assert driver.evaluated("single") and not driver.evaluated("trained")
+    [row] = driver.write_summary()
+    assert (row["arm"], row["agents"], row["rounds"]) == ("single", 1, 1)
 
 
-def outcome(correct, by_round):
-    rounds = [Outcome(answer=None, correct=c, decided_by="vote", votes={}) for c in by_round]
-    return Outcome(answer=None, correct=correct, decided_by="vote", votes={}, rounds=rounds)
-
-
-class FakeRecord:
-    def __init__(self, result):
-        self.outcome = result
-
-
-def test_vote_metrics_average_the_final_and_every_rounds_vote():
-    records = [FakeRecord(outcome(1.0, [0.0, 1.0])), FakeRecord(outcome(0.5, [0.5, 0.5]))]
-    metrics = vote_metrics(records, DebateSettings(agents=2, rounds=2))
-    assert metrics == {"n": 2, "agents": 2, "rounds": 2, "accuracy": 0.75, "accuracy_by_round": [0.25, 0.75]}
-    table = summary_markdown([{"arm": "trained", **metrics}])
-    assert table.splitlines()[-1] == "| trained | 2 x 2 | 2 | 0.750 | 0.250, 0.750 |"
+def test_summary_lists_vote_accuracy_by_round_consensus_and_answer_changes():
+    row = {"arm": "trained", "agents": 2, "rounds": 2, "n_conversations": 4, "mv_accuracy": 0.75,
+           "mv_accuracy_round_0": 0.25, "mv_accuracy_round_1": 0.75, "agent_accuracy_round_0": 0.5,
+           "agent_accuracy_round_1": 0.625, "consensus": 0.5, "w_to_r_round_1": 0.25, "r_to_w_round_1": 0.125}
+    single = {"arm": "single", "agents": 1, "rounds": 1, "n_conversations": 4, "mv_accuracy": 0.5,
+              "mv_accuracy_round_0": 0.5, "agent_accuracy_round_0": 0.5, "consensus": 1.0}
+    lines = summary_markdown([row, single]).splitlines()
+    assert lines[0] == ("| arm | agents x rounds | n | mv_accuracy | mv_accuracy by round | agent_accuracy by round "
+                        "| consensus | w_to_r / r_to_w by round |")
+    assert lines[2] == "| trained | 2 x 2 | 4 | 0.7500 | 0.2500, 0.7500 | 0.5000, 0.6250 | 0.5000 | 0.2500 / 0.1250 |"
+    assert lines[3] == "| single | 1 x 1 | 4 | 0.5000 | 0.5000 | 0.5000 | 1.0000 | - |"
 
 
 @pytest.mark.parametrize("name", ["maporl_tiny", "maporl_gsm8k", "maporl_anli"])

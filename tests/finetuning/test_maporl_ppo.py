@@ -103,7 +103,7 @@ def test_updates_favour_the_rewarded_answer_over_the_unrewarded_one(tmp_path):
 
     def odds():
         """p(5 | debate 0's turn-1 prompt, 4) / p(6 | debate 1's): rewarded answer against unrewarded one."""
-        trainer.use(1)
+        trainer.model.set_adapter("policy_1")
         with torch.no_grad():
             rewarded = torch.softmax(trainer.model(input_ids=torch.tensor([[1, 2, 3, 9, 4]])).logits[0, -1], -1)[5]
             unrewarded = torch.softmax(trainer.model(input_ids=torch.tensor([[1, 3, 3, 9, 4]])).logits[0, -1], -1)[6]
