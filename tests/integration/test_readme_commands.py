@@ -77,6 +77,10 @@ RULES = [
     Rule("python finetuning/data_creation/", "run", "on hand-made tree records (sampling trees takes minutes)"),
     Rule("python -m finetuning.trainers.trl_trainer", "run", "one DPO step"),
     Rule("python finetuning/iterative_training.py", "parse", "20 minutes on a CPU, or Slurm; config parsed"),
+    Rule(r"python finetuning/maporl.py --config configs/finetuning/maporl_tiny.yaml$", "parse",
+         "minutes of debates and PPO on a CPU; config parsed (tests/finetuning/test_maporl_driver.py runs the steps)"),
+    Rule(r"python finetuning/maporl.py --config configs/finetuning/maporl_(gsm8k|anli).yaml --model", "parse",
+         "MAPoRL at the paper's scale needs a GPU node and a 3.8B checkpoint; config and overrides parsed"),
     Rule("coral-serve", "parse", "starts servers, Ray clusters, Slurm jobs or GPU apps; tests/serving runs them"),
     Rule("coral-report", "run", "on hand-made results folders (tests/report checks a real run's report in Chromium)"),
 ]
@@ -215,11 +219,16 @@ def test_report_commands_run(workspace):
 def test_commands_that_need_a_cluster_parse(workspace):
     from coral.serving.cli import build_parser
     from finetuning.iterative_training import parse
+    from finetuning.maporl import parse as parse_maporl
 
     for command in commands("parse", "coral-serve"):
         assert build_parser().parse_args(argv(command)[1:]).verb, command
     for command in commands("parse", "python finetuning/iterative_training.py"):
         assert parse(argv(command)[2:]).iterations >= 1, command
+    for command in commands("parse", "python finetuning/maporl.py"):
+        config = parse_maporl(argv(command)[2:])
+        assert config.updates >= 1 and config.exp_dir.startswith("results/maporl_"), command
+        assert config.model == MODEL or "--model" not in command, command  # the placeholder's stand-in
 
 
 def test_skipped_commands_say_why():
