@@ -191,3 +191,29 @@ def test_iterative_summary_plot_is_drawn_by_the_report_plotting_code(tmp_path, m
         }
     ]
     assert (tmp_path / "summary.png").read_bytes().startswith(PNG)
+
+
+def test_vote_protocols_get_their_own_outcome_and_figures(tmp_path):
+    from coral.metrics import write_metrics
+    from coral.records import ConversationRecord, Outcome, Turn
+    from coral.report.plots import report_figures
+    from coral.store import ResultStore
+
+    def answer(index, role, parent, correct):
+        return Turn(index, role, "...", role=role, round=0, parent=parent, belief="B" if correct else "C",
+                    belief_class=0 if correct else 1, correct=correct)
+
+    turns = [Turn(0, "moderator", "Pick B.", generated=False, role="question"), answer(1, "generator", 0, False),
+             Turn(2, "verifier", "Step 1 is wrong.", role="verifier", round=0, parent=1, carries_answer=False),
+             answer(3, "refiner", 2, True)]
+    vote = Outcome(answer="B", correct=1.0, decided_by="majority", votes={"B": 1}, voters=[3])
+    record = ConversationRecord("q", 0, "mmlu_pro", 1, "h", "generate_verify_refine", {}, turns, "completed", 3,
+                                gold="B", outcome=vote)
+    ResultStore(tmp_path).append_many([record])
+    write_metrics(tmp_path)
+    loaded = load_run(tmp_path)
+    assert [c.outcome for c in loaded.conversations] == ["correct"]
+    assert loaded.metrics["self_correction_rate"] == 1.0 and loaded.metrics["rated_turns"] == 2.0
+    assert set(report_figures([loaded])) == {"token_cost", "accuracy_by_role"}  # no Coral figure without Coral
+    for name in loaded.metrics:
+        assert definition(name), name

@@ -56,10 +56,25 @@ DEFINITIONS: dict[str, tuple[str, str | None]] = {
         "among conversations whose turn k was generated without error, the share whose turn-k belief is correct",
         None,
     ),
+    "mv_accuracy": ("headline of debate and G->V->R: the final majority vote is correct (a tie under 'expected' "
+                    "scores 1/|tied| when the gold is tied; no valid answer scores 0)", None),
+    "mv_accuracy_round_<r>": ("debate: the majority vote after round r is correct (0 = the independent answers)", None),
+    "agent_accuracy_round_<r>": ("debate: share of agents whose round-r answer is correct", None),
+    "consensus": ("debate: every agent's final answer is valid and all are one answer", None),
+    "w_to_r_round_<r>": ("debate: share of agents whose answer went wrong -> right from round r-1 to r", None),
+    "r_to_w_round_<r>": ("debate: share of agents whose answer went right -> wrong from round r-1 to r", None),
+    "generator_accuracy": ("G->V->R: share of generator answers that are correct (before refining)", None),
+    "refiner_accuracy": ("G->V->R: share of refiner answers that are correct (after refining)", None),
+    "self_correction_rate": ("G->V->R: share of passes whose generator answer was wrong, refined answer right", None),
+    "self_corruption_rate": ("G->V->R: share of passes whose generator answer was right, refined answer wrong", None),
 }
 
 _FAMILIES = (
     (re.compile(r"accuracy_turn_\d+"), "accuracy_turn_<k>"),
+    (re.compile(r"mv_accuracy_round_\d+"), "mv_accuracy_round_<r>"),
+    (re.compile(r"agent_accuracy_round_\d+"), "agent_accuracy_round_<r>"),
+    (re.compile(r"w_to_r_round_\d+"), "w_to_r_round_<r>"),
+    (re.compile(r"r_to_w_round_\d+"), "r_to_w_round_<r>"),
     (re.compile(r"len_\w+|[ts]_len"), "len_<speaker>"),
 )
 _GROUPED = re.compile(r"(?P<name>[^\[]+)\[(?P<group>.+)\]")

@@ -138,12 +138,19 @@ def _conversation(record: ConversationRecord) -> Conversation:
 
 
 def outcome(record: ConversationRecord, metrics: Mapping[str, float | None]) -> str:
-    """The conversation's outcome: its last belief's grade, or ``no answer`` when no generated turn committed to one.
+    """The conversation's outcome: correct, incorrect, or ``no answer``.
+
+    A Coral conversation's is its last belief's grade (``no answer`` when no generated turn committed to one); a
+    protocol that votes (debate, generate-verify-refine) has its vote's.
 
     Args:
         record: the conversation.
         metrics: its ``conversation_metrics`` (``final_answer_accuracy`` is the last belief's grade).
     """
+    if record.outcome is not None:  # a vote: correct only when it picked the gold (a tie scoring 1/3 is not)
+        if record.outcome.decided_by == "no_valid_answer":
+            return "no answer"
+        return "correct" if record.outcome.correct == 1.0 else "incorrect"
     if metrics["final_answer_accuracy"]:
         return "correct"
     answered = any(turn.generated and turn.belief is not None for turn in record.turns)
@@ -158,10 +165,26 @@ def token_cost(record: ConversationRecord) -> int:
 
 
 # ---------------------------------------------------------------------------------------------- series to plot
+def numbered(run: Run, prefix: str) -> dict[int, float]:
+    """``<prefix><k>`` of the run's metrics, by k (``accuracy_turn_`` by turn, ``mv_accuracy_round_`` by round)."""
+    found = {name[len(prefix) :]: value for name, value in run.metrics.items() if name.startswith(prefix)}
+    return {int(k): value for k, value in found.items() if k.isdigit()}
+
+
 def accuracy_by_turn(run: Run) -> dict[int, float]:
     """``accuracy_turn_<k>`` of the run's metrics, by turn k."""
-    prefix = "accuracy_turn_"
-    return {int(name[len(prefix) :]): value for name, value in run.metrics.items() if name.startswith(prefix)}
+    return numbered(run, "accuracy_turn_")
+
+
+ROLE_ACCURACY = {"generator": "generator_accuracy", "refiner": "refiner_accuracy", "vote (MV@k)": "mv_accuracy"}
+"""Generate-verify-refine: accuracy after each answering role and after the vote, as the report shows them."""
+
+
+def accuracy_by_role(run: Run) -> dict[str, float]:
+    """A generate-verify-refine run's accuracy by role (empty for other protocols)."""
+    if "refiner_accuracy" not in run.metrics:
+        return {}
+    return {role: run.metrics[name] for role, name in ROLE_ACCURACY.items() if name in run.metrics}
 
 
 def agreement_by_turn(run: Run) -> dict[int, float]:

@@ -18,8 +18,10 @@ from typing import TYPE_CHECKING
 from coral.report.model import (
     SOCIAL_KINDS,
     Run,
+    accuracy_by_role,
     accuracy_by_turn,
     agreement_by_turn,
+    numbered,
     social_split,
     turns_to_agreement,
 )
@@ -132,7 +134,43 @@ def save_png(figure: Figure, path: str | Path) -> Path:
 
 
 def report_figures(runs: Sequence[Run]) -> dict[str, bytes]:
-    """The report's figures as PNG bytes by file stem, each overlaying every run."""
+    """The report's figures as PNG bytes by file stem, each overlaying every run that has the series.
+
+    Every run gets the token cost; Coral runs the turn, agreement and social figures; debate runs accuracy by
+    round; generate-verify-refine runs accuracy by role.
+    """
+    figures = {
+        "token_cost": histogram(
+            {run.label: [c.tokens for c in run.conversations] for run in runs},
+            title="Token cost per conversation",
+            xlabel="tokens (prompt + completion + judge)",
+        ),
+    }
+    coral = [run for run in runs if any(c.record.protocol == "coral" for c in run.conversations)]
+    if coral:
+        figures.update(_coral_figures(coral))
+    by_round = {f"{run.label} {series}": numbered(run, f"{prefix}_round_")
+                for run in runs for series, prefix in (("vote", "mv_accuracy"), ("agents", "agent_accuracy"))}
+    if any(by_round.values()):
+        figures["accuracy_by_round"] = line_chart(
+            {label: values for label, values in by_round.items() if values},
+            title="Debate accuracy by round: majority vote and mean of agents",
+            xlabel="round",
+            ylabel="accuracy",
+        )
+    by_role = {run.label: accuracy_by_role(run) for run in runs}
+    if any(by_role.values()):
+        figures["accuracy_by_role"] = bar_chart(
+            {label: values for label, values in by_role.items() if values},
+            title="Accuracy after each role and after the vote",
+            xlabel="",
+            ylabel="accuracy",
+        )
+    return {name: png(figure) for name, figure in figures.items()}
+
+
+def _coral_figures(runs: Sequence[Run]) -> dict[str, Figure]:
+    """Accuracy and agreement by turn, turns to agreement, and the social behaviour split, of Coral runs."""
     figures = {
         "accuracy_by_turn": line_chart(
             {run.label: accuracy_by_turn(run) for run in runs},
@@ -152,11 +190,6 @@ def report_figures(runs: Sequence[Run]) -> dict[str, bytes]:
             xlabel="turn of first agreement",
             ylabel="share of conversations",
         ),
-        "token_cost": histogram(
-            {run.label: [c.tokens for c in run.conversations] for run in runs},
-            title="Token cost per conversation",
-            xlabel="tokens (prompt + completion + judge)",
-        ),
     }
     for kind, adjective in SOCIAL_KINDS.items():
         figures[f"{kind}_by_correctness"] = bar_chart(
@@ -165,4 +198,4 @@ def report_figures(runs: Sequence[Run]) -> dict[str, bytes]:
             xlabel="the turn's belief",
             ylabel=f"share of {adjective} turns",
         )
-    return {name: png(figure) for name, figure in figures.items()}
+    return figures
