@@ -21,8 +21,9 @@ RUN_SEED = 7
 
 
 def index_of_seed(seed: int, most: int = 40) -> int:
-    """The turn index a request seed was derived for (seeds are derived from the turn index)."""
-    return next(i for i in range(most) if derive_seed(RUN_SEED, MC.id, 0, "turn", i, 0) == seed)
+    """The turn index a seed belongs to: siblings a..a+k-1 come from one request seeded from a's index, + i each."""
+    bases = {derive_seed(RUN_SEED, MC.id, 0, "turn", a, 0): a for a in range(most)}
+    return next(bases[seed - i] + i for i in range(4) if seed - i in bases)
 
 
 def scripted(by_index: dict[int, str], judged: list[str]):
@@ -101,9 +102,11 @@ def test_a_tree_has_every_node_with_its_own_seed_and_prompts_rebuild_from_the_re
     assert [t.parent for t in record.turns[3:]] == [1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6]
     assert [t.round for t in record.turns[7:]] == [0, 0, 0, 0, 1, 1, 1, 1]
     assert len({t.seed for t in record.turns[1:]}) == 14 and record.max_turns == 14
-    sent = {index_of_seed(call.sampling.seed): call.messages for call in backend.calls}
+    sent = {index_of_seed(call.sampling.seed): call for call in backend.calls}
+    assert sorted(sent) == [1, 3, 5, 7, 9, 11, 13] and {call.n for call in sent.values()} == {2}  # one per parent
     for turn in record.turns[1:]:
-        assert role_messages(record, turn.index, MMLUProTask().answer_instruction()) == sent[turn.index]
+        first_sibling = turn.index - (turn.index - 1) % 2
+        assert role_messages(record, turn.index, MMLUProTask().answer_instruction()) == sent[first_sibling].messages
     assert record.outcome.voters == list(range(7, 15))
     rerun = run(GenerateVerifyRefine(passes=2, branching=2), backend, tmp_path / "again")
     assert rerun.to_dict() == record.to_dict()

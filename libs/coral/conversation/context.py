@@ -73,6 +73,17 @@ class ConversationContext:
         """Ask ``speaker`` for turn ``index``; a request that still fails after retries yields an errored turn."""
         return (await self._ask(speaker, messages, index, self.seed("turn", index, branch), 1))[0]
 
+    async def generate_siblings(self, speaker: str, messages: list[Message], indices: list[int]) -> list[Turn]:
+        """Turns ``indices``, answers to the same messages, from one request for ``len(indices)`` completions.
+
+        One prefill serves them all (an engine reads the shared prompt once); completion i gets the seed
+        ``seed("turn", indices[0], 0) + i``, so a single index is exactly ``generate``.
+        """
+        turns = await self._ask(speaker, messages, indices[0], self.seed("turn", indices[0], 0), len(indices))
+        for turn, index in zip(turns, indices, strict=True):
+            turn.index = index
+        return turns
+
     async def _candidates(self, speaker: str, messages: list[Message], index: int) -> list[Turn]:
         """``beam_size`` candidates from one request with ``n`` (seeds s, s+1, ...) or from one request each."""
         beam_size = self.settings.beam_size

@@ -7,9 +7,10 @@ question, the initial answer and the critique. ``passes`` independent passes are
 With ``branching`` n > 1 every generator answer gets n critiques and every critique n refinements: MALT's search
 tree, ``passes`` x n x n leaves (27 with passes = n = 3), whose node values ``coral.synthesis.malt`` computes for
 training. The vote is then over every leaf. Turns are generated level by level (every generator answer, then
-every critique, then every refinement, each level in parallel); indices are assigned in tree order before the
-requests go out, so seeds, and therefore reruns, do not depend on which request finishes first. All requests of
-one question share a session, so an engine with prefix reuse reads a shared prefix once.
+every critique, then every refinement, each level in parallel). The siblings of one parent (the passes, a
+parent's n critiques or refinements) come from one request for n completions, so an engine reads their shared
+prompt once; indices and seeds are assigned in tree order before the requests go out, so reruns do not depend on
+which request finishes first.
 """
 
 from __future__ import annotations
@@ -142,15 +143,14 @@ class GenerateVerifyRefine(Protocol):
         turns = [question]
         answer_format = ctx.task.answer_instruction()
         system = {name: agent.system_prompt for name, agent in ctx.agents.items()}
-        generators = await self._level(ctx, turns, GENERATOR, [question] * self.passes,
+        generators = await self._level(ctx, turns, GENERATOR, [question], self.passes,
                                        lambda _: generator_messages(system[GENERATOR], question.text, answer_format))
         parents = generators
         if self.verify:
-            parents = await self._level(
-                ctx, turns, VERIFIER, _children(generators, self.branching),
-                lambda g: verifier_messages(system[VERIFIER], question.text, g.text))
+            parents = await self._level(ctx, turns, VERIFIER, generators, self.branching,
+                                        lambda g: verifier_messages(system[VERIFIER], question.text, g.text))
         refiners = await self._level(
-            ctx, turns, REFINER, _children(parents, self.branching),
+            ctx, turns, REFINER, parents, self.branching,
             lambda p: refiner_messages(system[REFINER], question.text, _initial(turns, p).text,
                                        p.text if self.verify else "", answer_format))
         stop_reason: StopReason = "error" if any(t.error is not None for t in turns) else "completed"
@@ -159,27 +159,25 @@ class GenerateVerifyRefine(Protocol):
             record.metadata["vote_seed"] = ctx.seed("vote")
         return record
 
-    async def _level(self, ctx: ConversationContext, turns: list[Turn], role: str, parents: list[Turn],
+    async def _level(self, ctx: ConversationContext, turns: list[Turn], role: str, parents: list[Turn], n: int,
                      messages_for: Callable[[Turn], list[Message]]) -> list[Turn]:
-        """One turn of ``role`` for each parent (a parent that failed gets none), generated together."""
+        """``n`` turns of ``role`` for each parent that did not fail, from one request per parent, all at once."""
         usable = [p for p in parents if p.error is None]
         first = len(turns)
-        level = await asyncio.gather(*(ctx.generate(role, messages_for(p), first + i) for i, p in enumerate(usable)))
-        for turn, parent in zip(level, usable):
+        requests = [ctx.generate_siblings(role, messages_for(p), list(range(first + i * n, first + (i + 1) * n)))
+                    for i, p in enumerate(usable)]
+        level = [turn for siblings in await asyncio.gather(*requests) for turn in siblings]
+        for turn in level:
+            parent = usable[(turn.index - first) // n]
             turn.role, turn.parent, turn.carries_answer = role, parent.index, role != VERIFIER
             turn.round = turn.index - first if parent.round is None else parent.round  # a generator starts a pass
-        await ctx.annotate_all(list(level))
+        await ctx.annotate_all(level)
         turns.extend(level)
-        return list(level)
+        return level
 
     def _rng(self, ctx: ConversationContext) -> random.Random | None:
         """The seeded generator a ``random`` tie rule picks with (its seed is recorded in the metadata)."""
         return random.Random(ctx.seed("vote")) if self.tie_rule == "random" else None
-
-
-def _children(parents: list[Turn], branching: int) -> list[Turn]:
-    """Each parent repeated ``branching`` times, in order: the parents of the next level's turns."""
-    return [parent for parent in parents for _ in range(branching)]
 
 
 def _initial(turns: list[Turn], parent: Turn) -> Turn:
