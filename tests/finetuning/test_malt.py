@@ -30,8 +30,12 @@ QUESTIONS = [Example(id=f"q{i}", task="mmlu_pro", question=f"Question {i}: pick 
 
 
 def letter_by_seed(messages: list[dict[str, str]], sampling: SamplingParams) -> str:
-    """Answers B or C by the request's seed (critiques say so too: the rules read no answer from them)."""
-    letter = "B" if (sampling.seed or 0) % 2 else "C"
+    """Answers C when the seed is a multiple of 3, else B (critiques say so too: the rules read no answer from them).
+
+    Siblings come from one request with seeds s, s + 1, so by parity every pair of siblings would split one right,
+    one wrong and every parent would be worth exactly 1/2; modulo 3 gives some parents two right children.
+    """
+    letter = "C" if (sampling.seed or 0) % 3 == 0 else "B"
     if "verifier" in messages[0]["content"]:
         return f"I think it should be {letter}."
     return f"The correct answer is ({letter}) [{sampling.seed}]"
@@ -52,10 +56,11 @@ def sample_trees(folder: Path, questions: list[Example], backend: ScriptedBacken
 def test_a_half_sampled_tree_set_resumes_without_regenerating_finished_trees(tmp_path: Path) -> None:
     first = ScriptedBackend(letter_by_seed)
     [half] = sample_trees(tmp_path, QUESTIONS[:1], first)
-    assert len(first.calls) == 2 + 4 + 8  # n = 2: 2 generators, 4 critiques, 8 refinements
+    assert len(first.calls) == 1 + 2 + 4  # one request per parent: the question's, 2 generators', 4 critiques'
+    assert [call.n for call in first.calls] == [2] * 7  # each asks for the parent's n = 2 children
     rest = ScriptedBackend(letter_by_seed)
     records = sample_trees(tmp_path, QUESTIONS, rest)
-    assert len(rest.calls) == 2 * 14  # only the two unfinished trees
+    assert len(rest.calls) == 2 * 7  # only the two unfinished trees
     assert records[0] == half
     fresh = sample_trees(tmp_path / "fresh", QUESTIONS, ScriptedBackend(letter_by_seed))
     assert [r.turns for r in fresh] == [r.turns for r in records]  # seeds make a resumed set equal a fresh one
