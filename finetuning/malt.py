@@ -10,7 +10,8 @@ resumes at the step it was in, and tree sampling resumes per tree inside its res
     trees/           generate_verify_refine records, passes = branching = tree_n (tree_n^3 leaves per question)
     data/<role>/<sft|dpo>/   coral.synthesis.malt datasets (TRL and fairseq2), counts.json says why one is empty
     train/<role>/sft/        SFT on the role's positive nodes, from the starting model
-    train/<role>/dpo/        DPO on sibling pairs, from the role's SFT checkpoint (verifier and refiner by default)
+    train/<role>/dpo/        DPO on sibling pairs, from the role's SFT model (verifier and refiner by default)
+    train/<role>/<stage>/untrained.json   instead of a checkpoint when the stage had no data: why, with the counts
     eval/single_agent/       the starting model alone (the chain-of-thought config)
     eval/untrained_trio/     MV@k with the starting model in every role
     eval/trained_trio/       MV@k with each role's final checkpoint (``--model.agents``)
@@ -18,7 +19,12 @@ resumes at the step it was in, and tree sampling resumes per tree inside its res
 
 DPO's reference is the SFT model: the DPO step starts from the SFT checkpoint, and TRL's reference is the
 starting weights (with LoRA, the policy with its adapter disabled), i.e. exactly that checkpoint, without
-loading a second copy. A role without training data stops the run with the counts that explain it.
+loading a second copy.
+
+A stage without data (no positive node: no SFT examples; no sibling with the other label: no DPO pairs) is not
+trained: a tiny model may get every refinement of a question wrong. The step logs why, with the node counts, and
+writes ``untrained.json``; the role keeps the model it had (the starting model, or its SFT checkpoint) and the run
+goes on. The summary's ``trained`` column says which stages of each role ran.
 """
 
 from __future__ import annotations
@@ -51,6 +57,7 @@ from finetuning.trainers.trl_trainer import TrainSettings, checkpoint_is_complet
 
 log = logging.getLogger("coral.malt")
 SYSTEMS = ("single_agent", "untrained_trio", "trained_trio")
+UNTRAINED = "untrained.json"
 ROLE_METRICS = ("generator_accuracy", "refiner_accuracy", "self_correction_rate", "self_corruption_rate")
 
 
@@ -172,9 +179,22 @@ class MaltTraining:
         """The training stages of a role, in order: SFT, then DPO for the ``dpo_roles``."""
         return ["sft", "dpo"] if role in self.config.dpo_roles else ["sft"]
 
-    def role_model(self, role: str) -> str:
-        """A role's trained model: the checkpoint of its last stage."""
-        return str(self.path("train", role, self.stages(role)[-1], "checkpoint"))
+    def role_model(self, role: str, stages: list[str] | None = None) -> str:
+        """A role's model after ``stages`` (all of its stages): the last one not left untrained, else the start."""
+        for stage in reversed(self.stages(role) if stages is None else stages):
+            if self.untrained_because(role, stage) is None:
+                return str(self.path("train", role, stage, "checkpoint"))
+        return self.config.model
+
+    def model_before(self, role: str, stage: str) -> str:
+        """The model a stage starts from: the starting model for SFT, the role's SFT model for DPO."""
+        stages = self.stages(role)
+        return self.role_model(role, stages[:stages.index(stage)])
+
+    def untrained_because(self, role: str, stage: str) -> str | None:
+        """Why a stage was left untrained (its marker says), or None: it was trained or is still to run."""
+        marker = _json(self.path("train", role, stage, UNTRAINED))
+        return None if marker is None else str(marker["reason"])
 
     def steps(self) -> list[Step]:
         cfg, splits, data = self.config, self.path("splits"), self.path("data")
@@ -188,7 +208,7 @@ class MaltTraining:
             for stage in self.stages(role):
                 out = self.path("train", role, stage)
                 plan.append(Step(f"train {role} {stage}", out, partial(self._train, role, stage),
-                                 partial(checkpoint_is_complete, out / "checkpoint")))
+                                 partial(self._trained, role, stage)))
         for system in SYSTEMS:
             out = self.path("eval", system)
             plan.append(Step(f"evaluate {system}", out, partial(self._evaluate, system),
@@ -215,16 +235,32 @@ class MaltTraining:
         return all(dataset_is_complete(dataset_folder(self.path("data"), role, kind), self.config.data)
                    for role in ROLES for kind in KINDS)
 
+    def _no_data(self, role: str, stage: str) -> str | None:
+        """Why a stage's dataset is empty (its counts say), or None when it has examples or pairs."""
+        counts = json.loads((dataset_folder(self.path("data"), role, stage) / "counts.json").read_text())
+        if counts.get(KINDS[stage]):
+            return None
+        return str(counts.get("no_examples_because") or counts.get("no_pairs_because"))
+
+    def _trained(self, role: str, stage: str) -> bool:
+        """Done: a complete checkpoint, or a stage left untrained whose data is still empty."""
+        out = self.path("train", role, stage)
+        if checkpoint_is_complete(out / "checkpoint"):
+            return True
+        return self.untrained_because(role, stage) is not None and self._no_data(role, stage) is not None
+
     def _train(self, role: str, stage: str) -> None:
-        cfg = self.config
-        data_dir = dataset_folder(self.path("data"), role, stage)
-        counts = json.loads((data_dir / "counts.json").read_text())
-        if not counts.get(KINDS[stage]):
-            reason = counts.get("no_examples_because") or counts.get("no_pairs_because")
-            raise StepFailed(f"train {role} {stage}: no training data in {data_dir}: {reason}")
-        base = cfg.model if stage == "sft" else str(self.path("train", role, "sft", "checkpoint"))
+        cfg, out = self.config, self.path("train", role, stage)
+        reason = self._no_data(role, stage)
+        if reason is not None:
+            log.warning("train %s %s: no training data, the role keeps %s: %s", role, stage,
+                        self.model_before(role, stage), reason)
+            _write(out / UNTRAINED, _dumps({"role": role, "stage": stage, "reason": reason}))
+            return
+        (out / UNTRAINED).unlink(missing_ok=True)
+        base = self.model_before(role, stage)
         settings = replace(cfg.sft if stage == "sft" else cfg.dpo, method=stage, seed=cfg.seed, reference_model=None)
-        train(base, data_dir, self.path("train", role, stage), settings)
+        train(base, dataset_folder(self.path("data"), role, stage), out, settings)
 
     def _evaluate(self, system: str) -> None:
         cfg, out = self.config, self.path("eval", system)
@@ -262,10 +298,15 @@ class MaltTraining:
             dpo_counts = _json(dataset_folder(self.path("data"), role, "dpo") / "counts.json") or {}
             row: dict[str, Any] = {"role": role, "nodes": sft_counts.get("nodes"),
                                    "sft_examples": sft_counts.get("examples"), "dpo_pairs": dpo_counts.get("pairs")}
+            row["trained"], row["untrained"] = [], {}
             for stage in self.stages(role):
                 marker = _json(self.path("train", role, stage, "checkpoint", "coral_train.json"))
                 row[f"{stage}_loss"] = marker["metrics"]["final_loss"] if marker else None
                 row[f"{stage}_steps"] = marker["metrics"]["steps"] if marker else None
+                if marker:
+                    row["trained"].append(stage)
+                elif (reason := self.untrained_because(role, stage)) is not None:
+                    row["untrained"][stage] = reason
             row["model"] = self.role_model(role)
             roles.append(row)
         return {"systems": systems, "roles": roles}
@@ -285,14 +326,19 @@ def markdown(summary: dict[str, Any]) -> str:
     for row in summary["systems"]:
         cells = [_fmt(row[name]) for name in ("accuracy", *ROLE_METRICS)]
         lines.append(f"| {row['system']} | " + " | ".join(cells) + f" | {row['n']} |")
-    lines += ["", "## Roles", "", "| role | nodes | positive | negative | SFT examples | DPO pairs | SFT loss | "
-              "DPO loss |", "|---" * 8 + "|"]
+    lines += ["", "## Roles", "", "| role | nodes | positive | negative | SFT examples | DPO pairs | trained | "
+              "SFT loss | DPO loss |", "|---" * 9 + "|"]
+    notes = []
     for row in summary["roles"]:
         nodes = row["nodes"] or {}
         counts = [nodes.get("valued"), nodes.get("positive"), nodes.get("negative"), row["sft_examples"],
                   row["dpo_pairs"]]
-        cells = ["-" if c is None else str(c) for c in counts] + [_fmt(row.get(f"{s}_loss")) for s in KINDS]
+        cells = ["-" if c is None else str(c) for c in counts] + [" + ".join(row["trained"]) or "untrained"]
+        cells += [_fmt(row.get(f"{s}_loss")) for s in KINDS]
         lines.append(f"| {row['role']} | " + " | ".join(cells) + " |")
+        notes += [f"- {row['role']} {stage} not trained: {reason}" for stage, reason in row["untrained"].items()]
+    if notes:
+        lines += ["", "Stages left untrained (their role kept the model it had):", "", *notes]
     return "\n".join(lines) + "\n"
 
 
