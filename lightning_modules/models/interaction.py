@@ -189,7 +189,7 @@ class InteractionModule(LightningModule):
 
     def agent_configs(self) -> dict[str, AgentConfig]:
         """Every agent the protocol runs, with its ``model.agents`` entry (an empty one when it has none)."""
-        configured = dict(self.hparams.agents or {})
+        configured = {name: _agent_config(config) for name, config in (self.hparams.agents or {}).items()}
         speakers = self.protocol.speakers()
         for name in configured:
             if name not in speakers:
@@ -261,7 +261,7 @@ class InteractionModule(LightningModule):
             hp["protocol"] = {"class_path": f"{cls.__module__}.{cls.__qualname__}",
                               "init_args": hp["protocol"].arguments()}
         if hp.get("agents"):
-            hp["agents"] = {name: asdict(config) for name, config in sorted(hp["agents"].items())}
+            hp["agents"] = {name: asdict(_agent_config(config)) for name, config in sorted(hp["agents"].items())}
         data = self.trainer.datamodule
         shaped = {"model": hp, "task": data.task_name, "task_args": data.task_args, "val_set": asdict(data.val_set)}
         return stable_id(json.loads(json.dumps(shaped, default=str)), self.run_seed)
@@ -342,6 +342,11 @@ class InteractionModule(LightningModule):
 
     def on_validation_end(self) -> None:
         self.trainer.datamodule.task.close()
+
+
+def _agent_config(value: AgentConfig | dict) -> AgentConfig:
+    """An agent's entry: LightningCLI keeps ``--model.agents '{...}'`` values in hparams as the plain dicts given."""
+    return value if isinstance(value, AgentConfig) else AgentConfig(**value)
 
 
 _ADDED_LATER = {"asker": "student", "agents": None}
