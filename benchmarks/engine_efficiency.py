@@ -140,7 +140,7 @@ def measure_offline(backend: EmbeddedBackend, shapes: list[tuple[int, int]], see
     async def batch() -> None:
         calls = [backend.chat(request) for request in requests]
         for completions in await asyncio.gather(*calls):
-            tokens.add(completions[0])
+            tokens.add(completions)
 
     with stopwatch() as elapsed:
         asyncio.run(batch())

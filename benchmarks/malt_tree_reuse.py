@@ -4,13 +4,15 @@
 
 One CommonsenseQA question on the embedded engine, sampled two ways with the same seeds and sampling:
 
-- tree: one ``generate_verify_refine`` record with passes = branching = n, i.e. n + n^2 + n^3 requests in one
-  session (a critique's prompt holds its generator answer, a refinement's both: siblings share prefixes);
+- tree: one ``generate_verify_refine`` record with passes = branching = n: n + n^2 + n^3 turns from 1 + n + n^2
+  requests in one session, one per parent, each for its n children (the engine runs the shared prompt once, then
+  forks it);
 - independent: n^3 records of passes = branching = 1, each its own session, 3 n^3 requests.
 
 Both give n^3 refined answers. Reported: requests, prompt tokens sent and recomputed (sent minus the engine's
-``cached_prompt_tokens``), generated tokens, every token the engine ran (recomputed + generated) and wall time,
-with independent / tree ratios. Token counts do not depend on the machine's load; wall time does.
+``cached_prompt_tokens``; a request's prompt counts once, however many completions it asks for), generated
+tokens, every token the engine ran (recomputed + generated) and wall time, with independent / tree ratios. Token
+counts do not depend on the machine's load; wall time does.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Workloads several benchmarks share: coral conversations over a real backend, with every completion's tokens tallied.
 
-``TokenTally`` wraps any ChatBackend and adds up what the engine reported for each completion: prompt tokens sent,
+``TokenTally`` wraps any ChatBackend and adds up what the engine reported for each request: prompt tokens sent,
 prompt tokens it reused from its prefix cache (``cached_prompt_tokens``), and completion tokens. Conversation
 records do not keep the cached count, so benchmarks that need it read the tally.
 """
@@ -27,7 +27,7 @@ MMLU_PRO = ROOT / "data/mmlu_pro/test.jsonl"
 
 @dataclass
 class Tokens:
-    """Token counts summed over completions."""
+    """Token counts summed over requests (a request for n completions runs its prompt once: it counts once)."""
 
     requests: int = 0
     prompt: int = 0
@@ -44,11 +44,12 @@ class Tokens:
         """Every token the engine ran a forward pass for: recomputed prompt tokens plus generated tokens."""
         return self.recomputed + self.completion
 
-    def add(self, completion: Completion) -> None:
+    def add(self, completions: list[Completion]) -> None:
+        """One request's completions: each reports the shared prompt, which the engine ran once for all of them."""
         self.requests += 1
-        self.prompt += completion.prompt_tokens
-        self.cached += completion.cached_prompt_tokens
-        self.completion += completion.completion_tokens
+        self.prompt += completions[0].prompt_tokens
+        self.cached += completions[0].cached_prompt_tokens
+        self.completion += sum(completion.completion_tokens for completion in completions)
 
 
 class TokenTally:
@@ -65,8 +66,8 @@ class TokenTally:
 
     async def chat(self, request: ChatRequest) -> list[Completion]:
         completions = await self.inner.chat(request)
+        self.tokens.add(completions)
         for completion in completions:
-            self.tokens.add(completion)
             self.shapes.append(
                 (completion.prompt_tokens - completion.cached_prompt_tokens, completion.completion_tokens)
             )
