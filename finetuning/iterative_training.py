@@ -19,21 +19,18 @@ import logging
 import signal
 import subprocess
 import sys
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
 
-from jsonargparse import ActionConfigFile, ArgumentParser
-
-from coral.serving.cluster import SlurmJobOptions
 from coral.store import read_records
 from coral.synthesis.formats import KINDS, dataset_is_complete
 from coral.synthesis.preferences import PairSettings
 from coral.synthesis.sft import SFTSettings
 from finetuning.data_creation.build_dpo import build_dpo
 from finetuning.data_creation.build_sft import build_sft
+from finetuning.steps import Launcher, Step, StepFailed, parse_config, run_steps
 from finetuning.trainers.trl_trainer import TrainSettings, checkpoint_is_complete, train
 
 log = logging.getLogger("coral.iterative")
@@ -71,63 +68,6 @@ class DataSettings:
 
     def for_round(self, method: str, seed: int) -> PairSettings | SFTSettings:
         return replace(self.pairs if method == "dpo" else self.sft, seed=seed)
-
-
-@dataclass
-class Launcher:
-    """Where steps run.
-
-    Args:
-        kind: ``local`` (this process) or ``slurm`` (each step a submitit job).
-        slurm: the jobs' resources (partition, account, qos, gpus_per_node, cpus_per_task, mem_gb, timeout_min, ...).
-    """
-
-    kind: str = "local"
-    slurm: SlurmJobOptions = field(default_factory=SlurmJobOptions)
-
-    def __post_init__(self) -> None:
-        if self.kind not in ("local", "slurm"):
-            raise ValueError(f"launcher.kind must be 'local' or 'slurm', got {self.kind!r}")
-
-    def run(self, name: str, folder: Path, fn: Callable[..., Any], *args: Any) -> None:
-        if self.kind == "local":
-            fn(*args)
-            return
-        import submitit
-
-        executor = submitit.AutoExecutor(folder=folder / "slurm", cluster="slurm")
-        executor.update_parameters(name=name, **self.slurm.submitit_parameters())
-        job = executor.submit(fn, *args)
-        log.info("%s: Slurm job %s (logs in %s)", name, job.job_id, folder / "slurm")
-        job.result()  # raises with the job's traceback when it fails: no silent endless polling
-
-
-class StepFailed(RuntimeError):
-    pass
-
-
-@dataclass
-class Step:
-    name: str
-    out: Path
-    run: Callable[[], None]
-    done: Callable[[], bool]
-
-
-def run_steps(steps: list[Step], launcher: Launcher, after_step: Callable[[], object]) -> None:
-    """Run each step unless its outputs already validate (so a rerun resumes where a killed run stopped).
-
-    A step that ends without valid outputs stops the plan; ``after_step`` (the summary) runs after each step that ran.
-    """
-    for step in steps:
-        if step.done():
-            log.info("%s: done already (%s), skipped", step.name, step.out)
-            continue
-        log.info("%s -> %s", step.name, step.out)
-        launcher.run(step.name.replace(" ", "_"), step.out, step.run)
-        if not step.done():
-            raise StepFailed(f"{step.name} finished but its outputs in {step.out} do not validate")
-        after_step()
 
 
 # ---------------------------------------------------------------------------------------------- steps
@@ -318,11 +258,7 @@ def _plot(rows: list[dict[str, Any]], path: Path) -> None:
 
 def parse(args: list[str] | None = None) -> IterativeConfig:
     """The YAML config (``--config``) plus command-line overrides, typed and validated."""
-    parser = ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--config", action=ActionConfigFile)
-    parser.add_class_arguments(IterativeConfig, None, as_group=False)
-    values = parser.instantiate(parser.parse_args(args))
-    return IterativeConfig(**{name: getattr(values, name) for name in IterativeConfig.__dataclass_fields__})
+    return parse_config(IterativeConfig, args, __doc__)
 
 
 def main(args: list[str] | None = None) -> list[dict[str, Any]]:

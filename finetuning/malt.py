@@ -3,7 +3,7 @@
     python finetuning/malt.py --config configs/finetuning/malt_tiny.yaml [--tree_n 3 ...]
 
 Motwani et al. (training.md section 2). One YAML config drives everything; every step writes into ``<exp_dir>``
-and is skipped only when its outputs exist and validate (the iterative driver's ``run_steps``), so a killed run
+and is skipped only when its outputs exist and validate (``finetuning.steps.run_steps``), so a killed run
 resumes at the step it was in, and tree sampling resumes per tree inside its results store::
 
     splits/          train.jsonl (trees are sampled on it), heldout.jsonl (evaluation), splits.json
@@ -37,22 +37,13 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from jsonargparse import ActionConfigFile, ArgumentParser
-
 from coral.atomic import write_atomic
 from coral.seeding import derive_seed
 from coral.synthesis.formats import KINDS, dataset_is_complete
 from coral.synthesis.malt import ROLES, MaltSettings, dataset_folder, write_malt_datasets
 from finetuning.data_creation import read_results
-from finetuning.iterative_training import (
-    Launcher,
-    RunSettings,
-    Step,
-    StepFailed,
-    conversations_done,
-    run_conversations,
-    run_steps,
-)
+from finetuning.iterative_training import RunSettings, conversations_done, run_conversations
+from finetuning.steps import Launcher, Step, StepFailed, parse_config, run_steps
 from finetuning.trainers.trl_trainer import TrainSettings, checkpoint_is_complete, train
 
 log = logging.getLogger("coral.malt")
@@ -376,11 +367,7 @@ def _plot(summary: dict[str, Any], root: Path) -> None:
 
 def parse(args: list[str] | None = None) -> MaltConfig:
     """The YAML config (``--config``) plus command-line overrides, typed and validated."""
-    parser = ArgumentParser(description=(__doc__ or "").split("\n")[0])
-    parser.add_argument("--config", action=ActionConfigFile)
-    parser.add_class_arguments(MaltConfig, None, as_group=False)
-    values = parser.instantiate(parser.parse_args(args))
-    return MaltConfig(**{name: getattr(values, name) for name in MaltConfig.__dataclass_fields__})
+    return parse_config(MaltConfig, args, __doc__)
 
 
 def main(args: list[str] | None = None) -> dict[str, Any]:

@@ -29,15 +29,12 @@ import json
 import logging
 import random
 import shutil
-import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
-from jsonargparse import ActionConfigFile, ArgumentParser
 
 from coral.atomic import write_atomic
 from coral.backends.embedded import EngineConfig
@@ -50,6 +47,7 @@ from coral.rewards import RewardSettings
 from coral.sampling import SamplingParams
 from coral.store import ResultStore, read_records
 from coral.tasks import TASKS, Example, Task
+from finetuning.steps import Launcher, Step, parse_config, run_steps
 from finetuning.trainers.maporl_ppo import MultiAgentPPO, TrainerSettings, checkpoint_update
 from finetuning.trainers.maporl_rollouts import PolicyBackend, record_rollouts
 from finetuning.trainers.verifier import (
@@ -146,15 +144,6 @@ class MaporlConfig:
             raise ValueError(f"verifier must be 'gold' or 'learned', got {self.verifier!r}")
 
 
-@dataclass
-class Step:
-    """A step of the run: what it writes, how to run it, and how to tell its outputs are complete."""
-
-    name: str
-    run: Callable[[], None]
-    done: Callable[[], bool]
-
-
 class Maporl:
     """The MAPoRL driver: builds the steps from a config and runs those whose outputs do not validate yet.
 
@@ -175,27 +164,22 @@ class Maporl:
         plan = []
         if self.config.verifier == "learned":
             counts = self.root / "verifier_data/counts.json"
-            plan.append(Step("verifier data", self.verifier_data, counts.is_file))
-            plan.append(Step("verifier", self.train_verifier, lambda: verifier_is_complete(self.root / "verifier")))
+            plan.append(Step("verifier data", counts.parent, self.verifier_data, counts.is_file))
+            plan.append(Step("verifier", self.root / "verifier", self.train_verifier,
+                             lambda: verifier_is_complete(self.root / "verifier")))
         checkpoint = self.root / "ppo/checkpoint"
-        plan.append(Step("ppo", self.ppo, lambda: checkpoint_update(checkpoint) == self.config.updates))
+        updated = lambda: checkpoint_update(checkpoint) == self.config.updates  # noqa: E731 - a one-line check
+        plan.append(Step("ppo", checkpoint.parent, self.ppo, updated))
         for arm in ARMS:
-            plan.append(Step(f"evaluate {arm}", partial(self.evaluate_arm, arm), partial(self.evaluated, arm)))
+            plan.append(Step(f"evaluate {arm}", self.root / "eval" / arm, partial(self.evaluate_arm, arm),
+                             partial(self.evaluated, arm)))
         return plan
 
     def run(self) -> list[dict[str, Any]]:
         """Run every step not done yet, then write the summary."""
         self.root.mkdir(parents=True, exist_ok=True)
         write_atomic(self.root / "settings.json", json.dumps(asdict(self.config), indent=2, default=str).encode())
-        for step in self.steps():
-            if step.done():
-                log.info("%s: done already, skipped", step.name)
-                continue
-            started = time.perf_counter()
-            step.run()
-            if not step.done():
-                raise RuntimeError(f"{step.name} finished but its outputs under {self.root} do not validate")
-            log.info("%s: %.1f s", step.name, time.perf_counter() - started)
+        run_steps(self.steps(), Launcher(), self.write_summary)  # in this process: the model stays loaded
         return self.write_summary()
 
     # --------------------------------------------------------------------------------------------- pieces
@@ -382,11 +366,7 @@ def _by_round(row: dict[str, Any], metric: str, rounds: range) -> dict[int, floa
 
 def parse(args: list[str] | None = None) -> MaporlConfig:
     """The YAML config (``--config``) plus command-line overrides, typed and validated."""
-    parser = ArgumentParser(description=(__doc__ or "").split("\n")[0])
-    parser.add_argument("--config", action=ActionConfigFile)
-    parser.add_class_arguments(MaporlConfig, None, as_group=False)
-    values = parser.instantiate(parser.parse_args(args))
-    return MaporlConfig(**{name: getattr(values, name) for name in MaporlConfig.__dataclass_fields__})
+    return parse_config(MaporlConfig, args, __doc__)
 
 
 def main(args: list[str] | None = None) -> list[dict[str, Any]]:
