@@ -33,6 +33,8 @@ TINY_TRAIN = ["--settings.max_steps", "1", "--settings.batch_size", "1", "--sett
 PLACEHOLDERS = {
     "<a MATH training split, .jsonl>": "data/math/test.jsonl",
     "<checkpoint dir or model>": MODEL,
+    "<GSM8K train.jsonl>": "data/gsm8k/test.jsonl",
+    "<GSM8K test.jsonl>": "data/gsm8k/test.jsonl",
     "/path/to/MATH": str(FIXTURES / "math" / "MATH_sample"),
 }
 """README placeholders -> something that exists here (written into the command before it is split)."""
@@ -81,6 +83,11 @@ RULES = [
          "minutes of debates and PPO on a CPU; config parsed (tests/finetuning/test_maporl_driver.py runs the steps)"),
     Rule(r"python finetuning/maporl.py --config configs/finetuning/maporl_(gsm8k|anli).yaml --model", "parse",
          "MAPoRL at the paper's scale needs a GPU node and a 3.8B checkpoint; config and overrides parsed"),
+    Rule(r"python finetuning/malt.py --config configs/finetuning/malt_tiny.yaml$", "parse",
+         "about 20 minutes of trees, training and evaluation on a CPU; config parsed (tests/finetuning/test_malt.py "
+         "runs the steps)"),
+    Rule(r"python finetuning/malt.py --config configs/finetuning/malt_paper.yaml --model", "parse",
+         "MALT at the paper's scale needs Slurm GPU nodes and an 8B checkpoint; config and overrides parsed"),
     Rule("coral-serve", "parse", "starts servers, Ray clusters, Slurm jobs or GPU apps; tests/serving runs them"),
     Rule("coral-report", "run", "on hand-made results folders (tests/report checks a real run's report in Chromium)"),
 ]
@@ -219,6 +226,7 @@ def test_report_commands_run(workspace):
 def test_commands_that_need_a_cluster_parse(workspace):
     from coral.serving.cli import build_parser
     from finetuning.iterative_training import parse
+    from finetuning.malt import parse as parse_malt
     from finetuning.maporl import parse as parse_maporl
 
     for command in commands("parse", "coral-serve"):
@@ -229,6 +237,10 @@ def test_commands_that_need_a_cluster_parse(workspace):
         config = parse_maporl(argv(command)[2:])
         assert config.updates >= 1 and config.exp_dir.startswith("results/maporl_"), command
         assert config.model == MODEL or "--model" not in command, command  # the placeholder's stand-in
+    for command in commands("parse", "python finetuning/malt.py"):
+        malt = parse_malt(argv(command)[2:])
+        assert malt.tree_n >= 2 and malt.exp_dir.startswith("results/malt_"), command
+        assert malt.model == MODEL and malt.splits.train_file.endswith(".jsonl"), command
 
 
 def test_skipped_commands_say_why():
