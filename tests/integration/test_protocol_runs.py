@@ -42,7 +42,8 @@ def kill_after_first_record(process: subprocess.Popen, out: Path) -> None:
 
 
 @pytest.mark.parametrize(("config", "protocol", "extra"), [
-    ("configs/debate/debate_gsm8k.yaml", "debate", ["--model.protocol.init_args.agents", "2"]),
+    ("configs/debate/debate_gsm8k.yaml", "debate",
+     ["--model.protocol.init_args.agents", "2", "--model.protocol.init_args.rounds", "2"]),
     ("configs/gvr/gvr_gsm8k.yaml", "generate_verify_refine", ["--model.protocol.init_args.passes", "2"]),
 ])
 def test_a_killed_run_resumes_to_the_records_of_an_uninterrupted_one(tmp_path, config, protocol, extra):
